@@ -1,0 +1,5 @@
+import sys
+
+from gram_pyro.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""Puzzle metrics (DESIGN §3).
+
+- accuracy: the answer is valid *and* keeps the givens; it need not equal the stored label.
+- coverage@N: distinct valid answers among N samples over the number of valid completions,
+  reported two ways because the paper does not say which it uses:
+    macro = mean over inputs of (found_i / completions_i);
+    micro = sum_i found_i / sum_i completions_i.
+- validity and the unique fraction, for unconditionally generated samples.
+- conflict edges, for graph colouring (``task.conflicts``).
+
+Answers are compared after ``task.canonical`` (colourings up to colour permutation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gram_pyro.tasks.base import Split, Task
+
+
+def _keys(rows: np.ndarray) -> list[bytes]:
+    rows = np.ascontiguousarray(np.asarray(rows, dtype=np.int8))
+    return [r.tobytes() for r in rows]
+
+
+def accuracy(task: Task, inputs: np.ndarray, answers: np.ndarray) -> float:
+    """Fraction of answers that are valid and consistent with their inputs."""
+    answers = np.asarray(answers)
+    if len(answers) == 0:
+        return float("nan")
+    return float(task.is_correct(np.asarray(inputs), answers).mean())
+
+
+def coverage(task: Task, split: Split, samples: np.ndarray) -> dict:
+    """Coverage of ``samples`` ``[M, N, answer_len]`` (N answers per input of ``split``).
+
+    Returns macro and micro coverage, the per-input found counts, and the share of correct
+    samples. Only answers among the input's known completions count as found.
+    """
+    samples = np.asarray(samples)
+    m, n = samples.shape[:2]
+    if m != len(split):
+        raise ValueError(f"coverage: {m} sample groups for a split of {len(split)} inputs")
+    flat = samples.reshape(m * n, -1)
+    correct = task.is_correct(np.repeat(split.inputs, n, axis=0), flat).reshape(m, n)
+    canon = task.canonical(flat).reshape(m, n, -1)
+    found = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        targets = set(_keys(task.canonical(split.completions_of(i))))
+        hits = {k for k, ok in zip(_keys(canon[i]), correct[i]) if ok}
+        found[i] = len(hits & targets)
+    totals = split.num_completions
+    return {
+        "macro": float(np.mean(found / np.maximum(totals, 1))),
+        "micro": float(found.sum() / max(int(totals.sum()), 1)),
+        "found": found,
+        "completions": totals,
+        "sample_accuracy": float(correct.mean()),
+    }
+
+
+def coverage_curve(task: Task, split: Split, samples: np.ndarray, ns) -> dict:
+    """Micro and macro coverage using the first n samples, for each n in ``ns``."""
+    out = {"n": [], "micro": [], "macro": []}
+    for k in ns:
+        c = coverage(task, split, samples[:, :k])
+        out["n"].append(int(k))
+        out["micro"].append(c["micro"])
+        out["macro"].append(c["macro"])
+    return out
+
+
+def generation_stats(task: Task, boards: np.ndarray) -> dict:
+    """Validity, unique fraction and (where the space is enumerable) coverage of generated
+    complete objects ``[N, answer_len]``."""
+    boards = np.asarray(boards)
+    valid = task.is_valid(boards)
+    canon = _keys(task.canonical(boards))
+    valid_keys = {k for k, v in zip(canon, valid) if v}
+    out = {
+        "samples": int(len(boards)),
+        "valid": float(valid.mean()) if len(boards) else float("nan"),
+        "unique_fraction": len(set(canon)) / max(len(boards), 1),
+        "distinct_valid": len(valid_keys),
+        "unique_among_valid": len(valid_keys) / max(int(valid.sum()), 1),
+    }
+    space = task.all_objects()
+    if space is not None:
+        out["space_size"] = int(len(space))
+        out["coverage"] = len(valid_keys & set(_keys(task.canonical(space)))) / len(space)
+    return out
+
+
+def conflicts(task: Task, inputs: np.ndarray, answers: np.ndarray) -> dict | None:
+    """Conflict edges of graph-colouring answers: mean per input and total; None for other tasks."""
+    if not hasattr(task, "conflicts"):
+        return None
+    c = np.asarray(task.conflicts(np.asarray(inputs), np.asarray(answers)))
+    return {"mean": float(c.mean()) if len(c) else float("nan"), "total": int(c.sum())}

@@ -1,0 +1,286 @@
+"""The interface every puzzle task implements, and the dataset containers they build.
+
+A task fixes how a puzzle becomes tokens for the model:
+
+- the model reads a sequence of ``seq_len`` input tokens (``0`` is always "blank / unknown");
+- it answers ``answer_len`` categorical tokens with ``answer_vocab`` classes each, read off the
+  sequence positions ``answer_offset : answer_offset + answer_len``.
+
+For Sudoku and N-Queens the answer covers the whole board (offset 0). For graph colouring the
+sequence is the adjacency tokens followed by one slot per node, and only the node slots are
+answered.
+
+A dataset stores each split as *unique inputs* together with *all* their valid completions (as
+far as the builder knows them), because coverage needs every completion. Training expands a split
+into (input, completion) pairs with :meth:`Split.pairs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gram_pyro.errors import UserError
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where built datasets are cached: ``$GRAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/gram-pyro``."""
+    root = os.environ.get("GRAM_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "gram-pyro"
+
+
+@dataclass
+class Split:
+    """Unique inputs ``[M, seq_len]`` with all their completions.
+
+    ``completions[offsets[i]:offsets[i + 1]]`` are the known valid completions of ``inputs[i]``,
+    each ``[answer_len]``. For held-out splits of conditional tasks they are *all* completions
+    (the coverage denominator).
+    """
+
+    inputs: np.ndarray
+    completions: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self):
+        self.inputs = np.asarray(self.inputs, dtype=np.int64)
+        self.completions = np.asarray(self.completions, dtype=np.int64)
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        if self.offsets.shape != (len(self.inputs) + 1,) or self.offsets[-1] != len(self.completions):
+            raise ValueError("split offsets do not match its inputs and completions")
+
+    @classmethod
+    def from_groups(cls, inputs, groups, answer_len: int) -> "Split":
+        """Build from ``inputs[i]`` and ``groups[i]``, a ``[C_i, answer_len]`` array."""
+        counts = [len(g) for g in groups]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        flat = (np.concatenate([np.asarray(g).reshape(-1, answer_len) for g in groups])
+                if groups else np.zeros((0, answer_len), np.int64))
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2 or len(inputs) != len(groups):
+            raise ValueError("from_groups needs [M, seq_len] inputs and M groups")
+        return cls(inputs, flat, offsets)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_completions(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def completions_of(self, i: int) -> np.ndarray:
+        return self.completions[self.offsets[i]:self.offsets[i + 1]]
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(input, completion) training pairs: each input repeated once per completion."""
+        return np.repeat(self.inputs, self.num_completions, axis=0), self.completions
+
+    def first_targets(self) -> np.ndarray:
+        """One reference completion per input (the first), for teacher-forced metrics."""
+        return self.completions[self.offsets[:-1]]
+
+    def subset(self, index) -> "Split":
+        index = np.asarray(index, dtype=np.int64)
+        groups = [self.completions_of(i) for i in index]
+        return Split.from_groups(self.inputs[index], groups, self.completions.shape[1])
+
+
+@dataclass
+class Dataset:
+    """Train / validation / test splits of one task. ``meta`` records how it was built."""
+
+    train: Split
+    val: Split
+    test: Split
+    meta: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, name)
+
+    def stats(self) -> dict:
+        out = {}
+        for name in ("train", "val", "test"):
+            s = self.split(name)
+            counts = s.num_completions
+            out[name] = {
+                "inputs": int(len(s)),
+                "pairs": int(counts.sum()),
+                "completions_per_input_mean": float(counts.mean()) if len(s) else 0.0,
+                "completions_per_input_max": int(counts.max()) if len(s) else 0,
+                "multi_solution_inputs": int((counts > 1).sum()),
+            }
+        return out
+
+    # -- disk cache ---------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name in ("train", "val", "test"):
+            s = self.split(name)
+            arrays[f"{name}_inputs"] = s.inputs
+            arrays[f"{name}_completions"] = s.completions
+            arrays[f"{name}_offsets"] = s.offsets
+        arrays["meta"] = np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Dataset":
+        with np.load(path, allow_pickle=False) as z:
+            splits = {name: Split(z[f"{name}_inputs"], z[f"{name}_completions"], z[f"{name}_offsets"])
+                      for name in ("train", "val", "test")}
+            meta = json.loads(bytes(z["meta"]).decode())
+        return cls(meta=meta, **splits)
+
+
+class Task(ABC):
+    """A puzzle family at one size. Subclasses set the layout attributes and the methods below.
+
+    Layout attributes:
+        name: registry name, e.g. ``"nqueens-8"``.
+        seq_len: L, the number of model positions.
+        input_vocab: input token ids ``0..input_vocab-1``; ``0`` is blank.
+        answer_len, answer_vocab, answer_offset: see the module docstring.
+        unconditional: True for the blank-input form that models p(x).
+    """
+
+    name: str
+    seq_len: int
+    input_vocab: int
+    answer_len: int
+    answer_vocab: int
+    answer_offset: int = 0
+    unconditional: bool = False
+
+    # -- text formats -------------------------------------------------------------------------
+    @abstractmethod
+    def parse_input(self, text: str) -> np.ndarray:
+        """Puzzle string -> ``[seq_len]`` input tokens. Raises UserError naming the problem,
+        including givens that contradict each other."""
+
+    @abstractmethod
+    def format_input(self, tokens) -> str:
+        """``[seq_len]`` input tokens -> the one-line puzzle string that :meth:`parse_input` reads."""
+
+    @abstractmethod
+    def parse_answer(self, text: str) -> np.ndarray:
+        """Answer string -> ``[answer_len]`` answer classes. Raises UserError."""
+
+    @abstractmethod
+    def format_answer(self, tokens) -> str:
+        """``[answer_len]`` answer classes -> one-line string that :meth:`parse_answer` reads."""
+
+    def render(self, answer, inputs=None) -> str:
+        """A multi-line human-readable board of an answer (givens marked where possible)."""
+        return self.format_answer(answer)
+
+    # -- checkers (vectorized over a batch) ---------------------------------------------------
+    @abstractmethod
+    def is_valid(self, answers: np.ndarray) -> np.ndarray:
+        """``[B, answer_len]`` -> ``[B]`` bool: a complete, rule-abiding object."""
+
+    @abstractmethod
+    def is_consistent(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """``[B, seq_len]``, ``[B, answer_len]`` -> ``[B]`` bool: the answer keeps every given."""
+
+    def is_correct(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """Accuracy's criterion: valid and consistent with the givens (not "equals the label")."""
+        answers = np.asarray(answers)
+        return self.is_valid(answers) & self.is_consistent(np.asarray(inputs), answers)
+
+    def canonical(self, answers: np.ndarray) -> np.ndarray:
+        """Map answers that count as the same solution to one representative (identity here;
+        graph colouring factors out colour permutations)."""
+        return np.asarray(answers)
+
+    # -- exact enumeration --------------------------------------------------------------------
+    @abstractmethod
+    def solve(self, inputs: np.ndarray, cap: int | None = None) -> np.ndarray:
+        """All valid completions of one ``[seq_len]`` input, ``[C, answer_len]``, in canonical
+        form, at most ``cap`` of them."""
+
+    def all_objects(self) -> np.ndarray | None:
+        """Every complete valid object, canonical, if the space is small enough to enumerate
+        (for unconditional coverage); otherwise None."""
+        return None
+
+    # -- data ---------------------------------------------------------------------------------
+    @abstractmethod
+    def _build(self, seed: int, **sizes) -> Dataset:
+        """Build the dataset from scratch, deterministically from ``seed``."""
+
+    def default_sizes(self) -> dict:
+        """Size knobs of :meth:`_build` and their defaults (part of the cache key)."""
+        return {}
+
+    def augment(self, inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator):
+        """Validity-preserving augmentation of a training batch (identity by default)."""
+        return inputs, targets
+
+    def build(self, seed: int = 0, cache: bool = True, progress: bool = False, **sizes) -> Dataset:
+        """The dataset for ``seed``, built once and cached under :func:`cache_dir`."""
+        unknown = set(sizes) - set(self.default_sizes())
+        if unknown:
+            raise UserError(f"task {self.name} has no dataset option {sorted(unknown)[0]!r}")
+        full = {**self.default_sizes(), **sizes}
+        label = self.name + ("-unconditional" if self.unconditional else "")
+        key = json.dumps({"task": label, "seed": seed, "sizes": full, "v": CACHE_VERSION},
+                         sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = cache_dir() / f"{label}-{digest}.npz"
+        if cache and path.exists():
+            try:
+                return Dataset.load(path)
+            except Exception:  # a corrupt cache file is rebuilt, not fatal
+                pass
+        self._progress = progress
+        data = self._build(seed, **full)
+        data.meta.update({"task": self.name, "unconditional": self.unconditional, "seed": seed,
+                          "sizes": full})
+        if cache:
+            data.save(path)
+        return data
+
+    def describe(self) -> dict:
+        return {"name": self.name, "seq_len": self.seq_len, "input_vocab": self.input_vocab,
+                "answer_len": self.answer_len, "answer_vocab": self.answer_vocab,
+                "answer_offset": self.answer_offset, "unconditional": self.unconditional}
+
+
+def clean_puzzle_text(text: str) -> str:
+    """Drop all whitespace (the formats ignore spaces and newlines)."""
+    if not isinstance(text, str):
+        raise UserError("puzzle must be a string")
+    return "".join(text.split())
+
+
+def split_indices(keys: np.ndarray, seed: int, fractions=(0.85, 0.15)) -> np.ndarray:
+    """Assign each *group key* to train (0) or test (1) by a seeded shuffle of the unique keys.
+
+    Rows that share a key land in the same split, so nothing keyed alike leaks across.
+    Returns the split id of every row.
+    """
+    uniq, inverse = np.unique(keys, return_inverse=True, axis=0 if np.ndim(keys) > 1 else None)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    n_train = int(round(fractions[0] * len(uniq)))
+    group_split = np.ones(len(uniq), dtype=np.int64)
+    group_split[order[:n_train]] = 0
+    return group_split[np.asarray(inverse).reshape(-1)]

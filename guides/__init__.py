@@ -1,0 +1,1 @@
+"""Amortized guides (variational posteriors) for the programs in ``models``."""
