@@ -1,0 +1,403 @@
+"""Sudoku (DESIGN §3): fill an n x n grid (n = 4 or 9, boxes sqrt(n) x sqrt(n)) so that every row,
+column and box holds each digit once, keeping the givens.
+
+Tokens (cells row-major, ``seq_len = answer_len = n*n``):
+    input: 0 = blank, d = given digit d (vocab n + 1).
+    answer: class d - 1 for digit d (vocab n).
+Text: n*n characters, digits ``1..n`` and ``.`` or ``0`` for blank, whitespace ignored; answers
+are n*n digits.
+
+Data:
+    sudoku-4: puzzles made by keeping a random subset of the cells of each of the 288 grids.
+        Multi-solution puzzles are kept on purpose (coverage) and every input carries *all* its
+        completions. Inputs are split 85:15 by augmentation orbit (see :meth:`Sudoku.orbit_keys`),
+        so no test puzzle, nor any augmented image of one, is a training input.
+    sudoku-9: locally generated hard puzzles with a unique solution, the Sudoku-Extreme analogue
+        (that data set is out of reach here, DESIGN §3); ``csv=PATH`` reads its CSV instead.
+        ``multi_fraction`` mixes in puzzles with 2..``max_solutions`` solutions.
+    unconditional: the blank board; its completions are complete grids (the 288 for n=4, split
+        85:15; random grids for n=9). With 288 grids in two augmentation orbits, augmenting
+        unconditional sudoku-4 reaches the held-out grids too.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import lru_cache
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gram_pyro.errors import UserError
+from gram_pyro.tasks import sudoku_solver as solver
+from gram_pyro.tasks.base import Dataset, Split, Task, clean_puzzle_text, split_indices
+
+
+@lru_cache(maxsize=None)
+def shidoku_grids() -> np.ndarray:
+    """All 288 complete 4x4 grids, ``[288, 16]`` digits, enumerated by the exact solver."""
+    grids, _ = solver.solve([0] * 16, None, 4)
+    return np.array(grids, dtype=np.int64)
+
+
+def first_repeat(grid, n: int) -> str | None:
+    """Where the first repeated digit of a digit grid is ("digit 3 appears twice in row 2"),
+    or None if no row, column or box repeats a digit."""
+    g = np.asarray(grid).reshape(n, n)
+    box = solver.geometry(n).box
+    units = [(f"row {r + 1}", g[r]) for r in range(n)] + \
+            [(f"column {c + 1}", g[:, c]) for c in range(n)]
+    for b in range(n):
+        r0, c0 = b // box * box, b % box * box
+        units.append((f"box {b + 1} (rows {r0 + 1}-{r0 + box}, columns {c0 + 1}-{c0 + box})",
+                      g[r0:r0 + box, c0:c0 + box].reshape(-1)))
+    for where, cells in units:
+        counts = np.bincount(cells, minlength=n + 1)[1:]
+        if (counts > 1).any():
+            return f"digit {int(np.argmax(counts > 1)) + 1} appears twice in {where}"
+    return None
+
+
+def read_sudoku_extreme_csv(path: str, limit: int | None = None):
+    """Read the Sudoku-Extreme CSV format (header, then ``source,q,a,rating``; ``.`` is blank).
+
+    Returns ``(puzzles, solutions, ratings)``: ``[M, 81]`` digit grids (0 blank), ``[M, 81]``
+    digits and ``[M]`` ints, for the first ``limit`` puzzles (all if None). Raises UserError on a
+    missing file or a malformed line, naming the line.
+    """
+    puzzles, solutions, ratings = [], [], []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or len(header) != 4:
+                raise UserError(f"{path}, line 1: expected the header source,q,a,rating")
+            for row in reader:
+                if limit is not None and len(puzzles) >= limit:
+                    break
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != 4:
+                    raise UserError(f"{path}, line {line}: expected 4 fields (source,q,a,rating), "
+                                    f"got {len(row)}")
+                _, q, a, rating = row
+                puzzles.append(_csv_grid(q, "q", path, line, blank_ok=True))
+                solutions.append(_csv_grid(a, "a", path, line, blank_ok=False))
+                try:
+                    ratings.append(int(rating))
+                except ValueError:
+                    raise UserError(f"{path}, line {line}: rating {rating!r} is not an integer") \
+                        from None
+                kept = puzzles[-1] == 0
+                if not ((puzzles[-1] == solutions[-1]) | kept).all():
+                    raise UserError(f"{path}, line {line}: answer a does not keep the givens of q")
+                clash = first_repeat(solutions[-1], 9)
+                if clash:
+                    raise UserError(f"{path}, line {line}: answer a is not a valid grid: {clash}")
+    except FileNotFoundError:
+        raise UserError(f"sudoku CSV {path} not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read sudoku CSV {path}: {e}") from None
+    if not puzzles:
+        raise UserError(f"sudoku CSV {path} has no puzzles")
+    return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.int64)
+
+
+def _csv_grid(text: str, field: str, path: str, line: int, blank_ok: bool) -> np.ndarray:
+    allowed = "123456789" + (".0" if blank_ok else "")
+    if len(text) != 81:
+        raise UserError(f"{path}, line {line}: field {field} has {len(text)} characters, not 81")
+    bad = next((ch for ch in text if ch not in allowed), None)
+    if bad is not None:
+        raise UserError(f"{path}, line {line}: illegal character {bad!r} in field {field}")
+    return np.array([0 if ch in ".0" else int(ch) for ch in text], dtype=np.int64)
+
+
+class Sudoku(Task):
+    def __init__(self, n: int, unconditional: bool = False):
+        if n not in (4, 9):
+            raise UserError(f"sudoku has sizes 4 and 9, not {n}")
+        self.n, self.box = n, solver.geometry(n).box
+        self.name = f"sudoku-{n}"
+        self.seq_len = self.answer_len = n * n
+        self.input_vocab = n + 1
+        self.answer_vocab = n
+        self.answer_offset = 0
+        self.unconditional = unconditional
+
+    # -- text -----------------------------------------------------------------------------------
+    def _parse_cells(self, text: str, what: str, blank_ok: bool) -> np.ndarray:
+        s = clean_puzzle_text(text)
+        n, n2 = self.n, self.n * self.n
+        if len(s) != n2:
+            raise UserError(f"{self.name} {what} needs {n2} characters (whitespace ignored; 16 for "
+                            f"sudoku-4, 81 for sudoku-9), got {len(s)}")
+        allowed = "".join(str(d) for d in range(1, n + 1)) + (".0" if blank_ok else "")
+        for i, ch in enumerate(s):
+            if ch not in allowed:
+                use = f"digits 1-{n}" + (" and '.' or '0' for blank" if blank_ok else "")
+                raise UserError(f"illegal character {ch!r} at row {i // n + 1}, column {i % n + 1} "
+                                f"of the {self.name} {what}; use {use}")
+        return np.array([0 if ch in ".0" else int(ch) for ch in s], dtype=np.int64)
+
+    def parse_input(self, text: str) -> np.ndarray:
+        if self.unconditional and clean_puzzle_text(text) == "":
+            return np.zeros(self.seq_len, dtype=np.int64)
+        cells = self._parse_cells(text, "puzzle", blank_ok=True)
+        if self.unconditional and cells.any():
+            raise UserError(f"the unconditional {self.name} task takes a blank board; got "
+                            f"{int((cells > 0).sum())} givens")
+        clash = first_repeat(cells, self.n)
+        if clash:
+            raise UserError(f"the givens contradict each other: {clash}")
+        return cells
+
+    def parse_answer(self, text: str) -> np.ndarray:
+        return self._parse_cells(text, "answer", blank_ok=False) - 1
+
+    def format_input(self, tokens) -> str:
+        return "".join("." if t == 0 else str(int(t)) for t in np.asarray(tokens).reshape(-1))
+
+    def format_answer(self, tokens) -> str:
+        return "".join(str(int(t) + 1) for t in np.asarray(tokens).reshape(-1))
+
+    def _board(self, text: str) -> list[str]:
+        n, k = self.n, self.box
+        rule = "+".join(["-" * (2 * k + 1)] * k)
+        lines = []
+        for r in range(n):
+            if r and r % k == 0:
+                lines.append(rule)
+            row = text[r * n:(r + 1) * n]
+            lines.append(" " + " | ".join(" ".join(row[c:c + k]) for c in range(0, n, k)) + " ")
+        return lines
+
+    def render(self, answer, inputs=None) -> str:
+        """The answer as a board with box rules; with ``inputs``, the puzzle to its left."""
+        right = self._board(self.format_answer(answer))
+        if inputs is None:
+            return "\n".join(line.rstrip() for line in right)
+        left = self._board(self.format_input(inputs))
+        return "\n".join(f"{a}    {b}".rstrip() for a, b in zip(left, right))
+
+    # -- checkers ---------------------------------------------------------------------------------
+    def is_valid(self, answers: np.ndarray) -> np.ndarray:
+        """Every row, column and box holds each class 0..n-1 exactly once."""
+        n, k = self.n, self.box
+        a = np.asarray(answers).reshape(-1, n, n)
+        onehot = a[..., None] == np.arange(n)  # [B, n, n, n]; out-of-range values match nothing
+        boxes = onehot.reshape(-1, k, k, k, k, n).sum(axis=(2, 4))  # [B, band, stack, n]
+        rows_ok = (onehot.sum(axis=2) == 1).all(axis=(1, 2))
+        cols_ok = (onehot.sum(axis=1) == 1).all(axis=(1, 2))
+        return rows_ok & cols_ok & (boxes == 1).all(axis=(1, 2, 3))
+
+    def is_consistent(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        x = np.asarray(inputs).reshape(-1, self.seq_len)
+        a = np.asarray(answers).reshape(-1, self.answer_len)
+        return ((x == 0) | (a == x - 1)).all(axis=1)
+
+    # -- enumeration ------------------------------------------------------------------------------
+    def solve(self, inputs: np.ndarray, cap: int | None = None) -> np.ndarray:
+        """All completions (at most ``cap``) by the exact solver; give a cap for blank 9x9."""
+        grid = np.asarray(inputs).reshape(-1)
+        if grid.shape != (self.seq_len,) or grid.min() < 0 or grid.max() > self.n:
+            raise ValueError(f"not a {self.name} input: shape {grid.shape}")
+        sols, _ = solver.solve(grid.tolist(), cap, self.n)
+        return np.array(sols, dtype=np.int64).reshape(-1, self.answer_len) - 1
+
+    def all_objects(self) -> np.ndarray | None:
+        return shidoku_grids() - 1 if self.n == 4 else None
+
+    # -- augmentation -----------------------------------------------------------------------------
+    def _line_permutations(self, batch: int, rng: np.random.Generator) -> np.ndarray:
+        """``[B, n]`` row (or column) orders: shuffle the bands, then the rows inside each."""
+        k = self.box
+        bands = np.argsort(rng.random((batch, k)), axis=1)
+        within = np.argsort(rng.random((batch, k, k)), axis=2)
+        return (bands[:, :, None] * k + within).reshape(batch, self.n)
+
+    def augment(self, inputs, targets, rng):
+        """Per example: relabel the digits, permute bands/rows and stacks/columns, and transpose
+        with probability 1/2; input and target get the same map, blanks stay blank."""
+        x = np.asarray(inputs, dtype=np.int64).reshape(-1, self.seq_len)
+        y = np.asarray(targets, dtype=np.int64).reshape(-1, self.answer_len)
+        batch, n = len(x), self.n
+        digits = np.argsort(rng.random((batch, n)), axis=1)  # class c -> digits[c]
+        y = np.take_along_axis(digits, y, axis=1)
+        x_table = np.concatenate([np.zeros((batch, 1), np.int64), digits + 1], axis=1)  # 0 stays 0
+        x = np.take_along_axis(x_table, x, axis=1)
+        rows, cols = self._line_permutations(batch, rng), self._line_permutations(batch, rng)
+        source = rows[:, :, None] * n + cols[:, None, :]  # new (i, j) reads old (rows_i, cols_j)
+        transpose = rng.random(batch) < 0.5
+        source = np.where(transpose[:, None, None], source.transpose(0, 2, 1), source)
+        source = source.reshape(batch, -1)
+        return np.take_along_axis(x, source, axis=1), np.take_along_axis(y, source, axis=1)
+
+    def orbit_keys(self, inputs: np.ndarray) -> np.ndarray:
+        """A key shared by exactly the 4x4 inputs that :meth:`augment` maps onto each other: the
+        smallest, over the 128 cell symmetries, of the image with digits renamed in order of
+        first appearance, as a base-5 integer."""
+        if self.n != 4:
+            raise ValueError("orbit keys are enumerated for sudoku-4 only")
+        perms = []
+        for rows in self._all_line_orders():
+            for cols in self._all_line_orders():
+                cell = (rows[:, None] * 4 + cols[None, :])
+                perms += [cell.reshape(-1), cell.T.reshape(-1)]
+        inputs, perms = np.asarray(inputs, dtype=np.int64), np.array(perms)
+        keys = [self._smallest_image(inputs[i:i + 512], perms) for i in range(0, len(inputs), 512)]
+        return np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+    @staticmethod
+    def _smallest_image(inputs: np.ndarray, perms: np.ndarray) -> np.ndarray:
+        images = inputs[:, perms]  # [M, 128, 16]
+        first = np.stack([np.where(images == d, np.arange(16), 16).min(2) for d in range(1, 5)], 2)
+        label = np.argsort(np.argsort(first, axis=2, kind="stable"), axis=2) + 1  # [M, 128, 4]
+        named = np.where(images > 0, np.take_along_axis(label, np.maximum(images - 1, 0), 2), 0)
+        return (named @ (5 ** np.arange(15, -1, -1))).min(axis=1)
+
+    def _all_line_orders(self):
+        return [np.array([b * 2 + w0, b * 2 + 1 - w0, (1 - b) * 2 + w1, (1 - b) * 2 + 1 - w1])
+                for b in (0, 1) for w0 in (0, 1) for w1 in (0, 1)]
+
+    # -- data -------------------------------------------------------------------------------------
+    def default_sizes(self) -> dict:
+        """Defaults sized to build in under a minute on one core (measured: sudoku-4 ~2 s,
+        sudoku-9 ~35 s, unconditional sudoku-9 with the paper's 50k grids ~40 s)."""
+        if self.n == 4:
+            sizes = {"test_fraction": 0.15, "val_fraction": 0.05}
+            if not self.unconditional:
+                sizes.update(per_grid=20, min_givens=4, max_givens=10)
+            return sizes
+        if self.unconditional:
+            return {"n_train": 50_000, "n_val": 1000, "n_test": 1000}
+        return {"n_train": 1000, "n_val": 200, "n_test": 1000, "min_rating": 3,
+                "multi_fraction": 0.0, "max_solutions": 8, "csv": ""}
+
+    def _build(self, seed: int, **sizes) -> Dataset:
+        self._progress = getattr(self, "_progress", False)  # set by build(); not when called bare
+        if self.unconditional:
+            return self._build_unconditional(seed, **sizes)
+        if self.n == 4:
+            return self._build_shidoku(seed, **sizes)
+        if sizes["csv"]:
+            return self._build_from_csv(seed, **sizes)
+        return self._build_generated(seed, **sizes)
+
+    def _three_way(self, everything: Split, keys, seed, test_fraction, val_fraction) -> Dataset:
+        """Split inputs by key 85:15 (train:test), then carve validation out of train."""
+        test_id = split_indices(keys, seed, (1 - test_fraction, test_fraction))
+        pool = np.flatnonzero(test_id == 0)
+        val_id = split_indices(keys[pool], seed + 1, (1 - val_fraction, val_fraction))
+        return Dataset(train=everything.subset(pool[val_id == 0]),
+                       val=everything.subset(pool[val_id == 1]),
+                       test=everything.subset(np.flatnonzero(test_id == 1)))
+
+    def _build_shidoku(self, seed, per_grid, min_givens, max_givens, test_fraction,
+                       val_fraction) -> Dataset:
+        """Keep ``min_givens..max_givens`` random cells of each grid, ``per_grid`` times."""
+        if not 0 <= min_givens <= max_givens <= 16:
+            raise UserError(f"need 0 <= min_givens <= max_givens <= 16, got {min_givens} and "
+                            f"{max_givens}")
+        rng = np.random.default_rng(seed)
+        grids = np.repeat(shidoku_grids(), per_grid, axis=0)
+        givens = rng.integers(min_givens, max_givens + 1, size=len(grids))
+        rank = np.argsort(rng.random(grids.shape), axis=1).argsort(axis=1)  # random cell order
+        inputs = np.unique(np.where(rank < givens[:, None], grids, 0), axis=0)
+        groups = [self.solve(x) for x in tqdm(inputs, desc=f"{self.name} completions",
+                                              disable=not self._progress)]
+        data = self._three_way(Split.from_groups(inputs, groups, 16), self.orbit_keys(inputs),
+                               seed, test_fraction, val_fraction)
+        data.meta = {"unique_inputs": int(len(inputs)), "split_by": "augmentation orbit",
+                     "mean_givens": float((inputs > 0).sum(1).mean())}
+        return data
+
+    def _build_unconditional(self, seed, test_fraction=0.15, val_fraction=0.05, n_train=0,
+                             n_val=0, n_test=0) -> Dataset:
+        blank = np.zeros((1, self.seq_len), np.int64)
+        if self.n == 4:
+            grids = shidoku_grids() - 1
+            data = self._three_way(Split(np.repeat(blank, len(grids), 0), grids,
+                                         np.arange(len(grids) + 1)),
+                                   grids, seed, test_fraction, val_fraction)
+            parts = {name: data.split(name).completions for name in ("train", "val", "test")}
+        else:
+            seen: set[bytes] = set()
+            parts = {name: np.array(self._random_grids(seed, sid, count, seen)) - 1
+                     for sid, name, count in ((2, "test", n_test), (1, "val", n_val),
+                                              (0, "train", n_train))}
+        splits = {name: Split.from_groups(blank, [g.reshape(-1, self.answer_len)], self.answer_len)
+                  for name, g in parts.items()}
+        return Dataset(**splits, meta={"unconditional": True,
+                                       "grids": {k: int(len(v)) for k, v in parts.items()}})
+
+    def _random_grids(self, seed, stream, count, seen) -> list:
+        rng = np.random.default_rng([seed, stream])
+        out = []
+        with tqdm(total=count, desc=f"{self.name} grids", disable=not self._progress) as bar:
+            while len(out) < count:
+                grid = solver.random_grid(self.n, rng)
+                if bytes(grid) not in seen:  # never the same grid in two splits
+                    seen.add(bytes(grid))
+                    out.append(grid)
+                    bar.update()
+        return out
+
+    def _build_generated(self, seed, n_train, n_val, n_test, min_rating, multi_fraction,
+                         max_solutions, csv) -> Dataset:
+        """Minimal unique puzzles rated >= ``min_rating`` (and a share of multi-solution ones).
+
+        Each split has its own random stream, so the test set does not move when n_train does.
+        """
+        if not 0 <= multi_fraction <= 1 or max_solutions < 2:
+            raise UserError("need 0 <= multi_fraction <= 1 and max_solutions >= 2")
+        seen: set[bytes] = set()
+        splits, meta = {}, {"source": "generated", "min_rating": min_rating}
+        for stream, name, count in ((2, "test", n_test), (1, "val", n_val), (0, "train", n_train)):
+            rng = np.random.default_rng([seed, stream])
+            inputs, groups, ratings = [], [], []
+            with tqdm(total=count, desc=f"{self.name} {name}", disable=not self._progress) as bar:
+                while len(inputs) < count:
+                    if multi_fraction and rng.random() < multi_fraction:
+                        puzzle, sols, rating = solver.multi_solution_puzzle(9, rng, max_solutions)
+                        if len(sols) < 2:
+                            continue
+                    else:
+                        puzzle, solution, rating = solver.hard_puzzle(9, rng, min_rating)
+                        sols = [solution]
+                    if bytes(puzzle) in seen:
+                        continue
+                    seen.add(bytes(puzzle))
+                    inputs.append(puzzle)
+                    groups.append(np.array(sols) - 1)
+                    ratings.append(rating)
+                    bar.update()
+            splits[name] = Split.from_groups(np.array(inputs).reshape(-1, 81), groups, 81)
+            meta[name] = _puzzle_stats(splits[name].inputs, ratings)
+        return Dataset(**splits, meta=meta)
+
+    def _build_from_csv(self, seed, n_train, n_val, n_test, csv, **_) -> Dataset:
+        """The first n_train + n_val + n_test distinct puzzles of a Sudoku-Extreme CSV file,
+        shuffled by ``seed`` into test, val and train."""
+        total = n_train + n_val + n_test
+        puzzles, solutions, ratings = read_sudoku_extreme_csv(csv, limit=total)
+        first = np.sort(np.unique(puzzles, axis=0, return_index=True)[1])
+        if len(first) < total:
+            raise UserError(f"{csv} has {len(first)} distinct puzzles, fewer than n_train + n_val "
+                            f"+ n_test = {total}")
+        order = first[np.random.default_rng(seed).permutation(len(first))]
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+                 "train": order[n_test + n_val:]}
+        splits, meta = {}, {"source": f"csv:{csv}", "rating": "from the file"}
+        for name, idx in parts.items():
+            splits[name] = Split(puzzles[idx], solutions[idx] - 1, np.arange(len(idx) + 1))
+            meta[name] = _puzzle_stats(puzzles[idx], ratings[idx])
+        return Dataset(**splits, meta=meta)
+
+
+def _puzzle_stats(inputs: np.ndarray, ratings) -> dict:
+    ratings = np.asarray(ratings, dtype=np.float64)
+    return {"mean_givens": float((inputs > 0).sum(1).mean()) if len(inputs) else 0.0,
+            "mean_rating": float(ratings.mean()) if len(ratings) else 0.0,
+            "max_rating": float(ratings.max()) if len(ratings) else 0.0}
