@@ -19,7 +19,9 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--deterministic", action="store_true", help="noise off: the TRM-like baseline")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (repeatable)")
+                   help="override a config field (repeatable); see gram_pyro/config.py")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="accuracy and coverage of prior rollouts")
     p.add_argument("run_dir")
@@ -57,7 +59,23 @@ def _not_built(name: str):
     return handler
 
 
-cmd_train = _not_built("train")
+def cmd_train(args) -> dict:
+    from gram_pyro.config import make_config
+    from gram_pyro.train import Trainer
+
+    cfg = make_config(args.preset, args.set, task=args.task, unconditional=args.unconditional or None,
+                      seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
+                      deterministic=args.deterministic or None, device=args.device)
+    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    kind = "deterministic baseline" if trainer.cfg.deterministic else f"GRAM ({trainer.cfg.objective})"
+    n_params = sum(p.numel() for p in trainer.net.parameters())
+    print(f"training {kind} on {trainer.cfg.task}: {n_params / 1e6:.2f}M parameters, "
+          f"{len(trainer.x_train)} training pairs -> {args.out}")
+    result = trainer.fit()
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return result
+
+
 cmd_evaluate = _not_built("evaluate")
 cmd_sample = _not_built("sample")
 cmd_generate = _not_built("generate")

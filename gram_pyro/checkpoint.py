@@ -1,0 +1,106 @@
+"""Run folders and checkpoints.
+
+A run folder ``DIR`` holds ``checkpoint.pt`` (weights, EMA weights, optimizer, RNG states, step,
+config), ``config.json`` and ``metrics.jsonl``. Checkpoints are written atomically (temporary
+file, fsync, rename; the previous good one is kept as ``checkpoint.prev.pt``) and loaded with
+``weights_only=True``: a checkpoint is data, never code. A crafted pickle that tries to run code
+is refused, and a truncated or corrupt file gives a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gram_pyro.config import Config
+from gram_pyro.errors import UserError
+from gram_pyro.nets import GramNet
+from gram_pyro.tasks import get_task
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, keep the old one, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, path.with_name(path.stem + ".prev" + path.suffix))
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(run_dir) -> dict:
+    """The checkpoint of ``run_dir`` as plain data; UserError for anything missing or bad."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {str(run_dir)!r} does not exist")
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"no {CHECKPOINT} in {str(run_dir)!r}; train a model there first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, refused globals all land here
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it contains objects other than tensors and plain data (refused for safety)"
+        raise UserError(f"cannot load checkpoint {str(path)!r}: {reason}") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise UserError(f"checkpoint {str(path)!r} is not a gram-pyro checkpoint")
+    return ckpt
+
+
+def build_net(task, cfg: Config) -> GramNet:
+    return GramNet(seq_len=task.seq_len, input_vocab=task.input_vocab,
+                   answer_len=task.answer_len, answer_vocab=task.answer_vocab,
+                   answer_offset=task.answer_offset, d_model=cfg.d_model,
+                   n_layers=cfg.n_layers, block=cfg.block, n_heads=cfg.n_heads,
+                   expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
+                   sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma)
+
+
+def config_of(ckpt: dict) -> Config:
+    try:
+        return Config.from_dict(json.loads(ckpt["config"]))
+    except (TypeError, ValueError, UserError) as e:
+        raise UserError(f"checkpoint config is unreadable: {e}") from None
+
+
+def load_run(run_dir, ema: bool = True, device: str = "cpu"):
+    """``(task, cfg, net)`` of a trained run, with the EMA weights by default."""
+    ckpt = load_checkpoint(run_dir)
+    cfg = config_of(ckpt)
+    task = get_task(cfg.task, unconditional=cfg.unconditional)
+    net = build_net(task, cfg)
+    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        net.load_state_dict(weights)
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
+    net.eval()
+    return task, cfg, net.to(device)
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run folder {str(run_dir)!r}: {e.strerror}") from None

@@ -1,0 +1,168 @@
+"""Run configuration: one dataclass, named presets, and ``key=value`` overrides.
+
+A run is ``preset + overrides``; the resolved config is saved as ``DIR/config.json`` and inside
+every checkpoint, so a run folder always says exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from gram_pyro.errors import UserError
+from gram_pyro.recursion import OBJECTIVES
+
+
+@dataclass
+class Config:
+    """Every knob of a GRAM run. Symbols follow DESIGN §1-2.
+
+    Task: ``task`` (registry name), ``unconditional`` (blank input, p(x)), ``data_seed``.
+    Model: ``d_model`` (D), ``n_layers`` blocks per f, ``block`` ("mixer"/"attention"),
+        ``n_heads``, ``expansion`` (SwiGLU width factor), ``share_core`` (f_low = f_high),
+        ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``.
+    Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup).
+    Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
+        ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
+        ``lprm_weight``.
+    Optimisation: AdamW (``lr``, ``betas``, ``weight_decay``), ``grad_clip`` (global norm),
+        ``warmup_steps``, ``lr_schedule`` ("cosine"/"constant"), ``ema`` decay, ``batch_size``,
+        ``augment`` (task symmetries), ``steps`` (optimizer steps) and ``max_minutes``.
+    Logging: ``eval_interval`` (optimizer steps), ``eval_inputs`` (validation inputs per
+        evaluation), ``eval_samples`` (prior trajectories per input), ``checkpoint_minutes``.
+    """
+
+    task: str = "nqueens-8"
+    unconditional: bool = False
+    data_seed: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    # model
+    d_model: int = 64
+    n_layers: int = 2
+    block: str = "mixer"
+    n_heads: int = 4
+    expansion: float = 2.0
+    share_core: bool = True
+    n_prefix: int = 1
+    sigma_floor: float = 1e-3
+    init_sigma: float = 1.0
+    # recursion
+    k_low: int = 2
+    t_high: int = 2
+    n_supervision: int = 4
+    # objective
+    objective: str = "heads"
+    beta: float = 0.1
+    kl_balance: float = 0.8
+    deterministic: bool = False
+    act_weight: float = 1.0
+    lprm_weight: float = 1.0
+    # optimisation
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    warmup_steps: int = 200
+    lr_schedule: str = "cosine"
+    ema: float = 0.999
+    augment: bool = True
+    steps: int = 20_000
+    max_minutes: float = 0.0
+    # logging
+    eval_interval: int = 400
+    eval_inputs: int = 256
+    eval_samples: int = 4
+    checkpoint_minutes: float = 2.0
+
+    def validate(self) -> "Config":
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.block not in ("mixer", "attention"):
+            raise UserError(f"block must be 'mixer' or 'attention', got {self.block!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        for name in ("d_model", "n_layers", "k_low", "t_high", "n_supervision", "batch_size",
+                     "steps", "eval_interval", "eval_inputs", "eval_samples", "n_prefix"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.kl_balance <= 1 or not 0 <= self.ema < 1:
+            raise UserError("kl_balance must lie in [0, 1] and ema in [0, 1)")
+        if self.beta < 0 or self.lr <= 0 or self.sigma_floor <= 0:
+            raise UserError("beta must be >= 0, lr and sigma_floor > 0")
+        if self.block == "attention" and self.d_model % (2 * self.n_heads):
+            raise UserError(f"d_model ({self.d_model}) must be divisible by 2*n_heads ({2 * self.n_heads})")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"unknown config field {sorted(unknown)[0]!r}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+PRESETS = {
+    # small enough to train in minutes on 2 CPU cores (the README demo)
+    "cpu": {},
+    # DESIGN §2: D=512, attention (mixer for Sudoku, set in preset()), K=4 (6 for Sudoku),
+    # T=3, N_sup=16, AdamW lr 1e-4, wd 1.0, batch 768, EMA 0.9999, 2k warm-up.
+    "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
+                  n_prefix=16, k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
+                  batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000,
+                  eval_interval=2000, eval_inputs=1024),
+}
+
+# the paper's beta per task (DESIGN §1); small models need retuning
+PAPER_BETA = {"sudoku": 0.1, "nqueens-8": 0.07, "nqueens-10": 0.045, "coloring-8": 0.5,
+              "coloring-10": 0.45, "sudoku-unconditional": 0.05}
+
+
+def _coerce(field: dataclasses.Field, text: str):
+    kind = type(field.default)
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{field.name} takes true or false, got {text!r}")
+    if kind is tuple:
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise UserError(f"{field.name} takes comma-separated numbers, got {text!r}") from None
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"{field.name} takes a {kind.__name__}, got {text!r}") from None
+
+
+def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
+    """``preset`` + explicit ``fields`` + ``key=value`` strings (the CLI's ``--set``)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    family = fields.get("task", Config.task).split("-")[0]
+    if preset == "paper":
+        if family == "sudoku":
+            values.update(block="mixer", k_low=6)
+        key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
+            fields.get("task", Config.task)
+        values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
+    values.update({k: v for k, v in fields.items() if v is not None})
+    by_name = {f.name: f for f in dataclasses.fields(Config)}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in by_name:
+            raise UserError(f"--set takes key=value with a config field, got {item!r}")
+        values[key] = _coerce(by_name[key], text)
+    return Config(**values).validate()

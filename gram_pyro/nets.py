@@ -1,0 +1,213 @@
+"""The neural pieces of GRAM (DESIGN §1-2), each named after what it parameterizes.
+
+Symbols:
+    x      input tokens ``[..., L]``; ``e_x = embed(x) * sqrt(D) + pos`` its encoding (computed once).
+    h, l   the slow (high) and fast (low) latent states, ``[..., P + L, D]`` (P prefix tokens).
+    f_low  ``l <- f_low(l + h + e_x)``, run K times per transition with h fixed.
+    f_high ``u_t = f_high(h + l)``, the deterministic high-level proposal.
+    eps_t  Gaussian guidance: prior ``N(mu_p(u_t), sigma_p(u_t)^2)``, posterior
+           ``N(mu_q(u_t, y), sigma_q(u_t, y)^2)``; then ``h_t = u_t + eps_t``.
+
+Choices the paper leaves open, made here:
+    - sigma = softplus(raw) + sigma_floor (a floor keeps log-densities finite);
+    - y enters q through a learned target embedding added to u_t at the answer positions;
+    - f_low and f_high share weights by default (TRM found sharing better);
+    - one learned prefix token (P = 1) carries the ACT halt and LPRM value heads ("token 0").
+Blocks are post-norm (RMSNorm after each residual add), which keeps the state bounded under
+recursion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SwiGLU(nn.Module):
+    """``W2 (silu(W1 x) * W3 x)``: the feed-forward of every block and of the Gaussian heads."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int | None = None):
+        super().__init__()
+        self.gate_up = nn.Linear(d_in, 2 * d_hidden, bias=False)
+        self.down = nn.Linear(d_hidden, d_out or d_in, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class MixerBlock(nn.Module):
+    """Post-norm MLP-mixer block: an MLP across the sequence axis, then one across features."""
+
+    def __init__(self, seq_len: int, d_model: int, expansion: float):
+        super().__init__()
+        self.token_mix = SwiGLU(seq_len, max(8, int(expansion * seq_len)))
+        self.norm1 = nn.RMSNorm(d_model)
+        self.channel_mix = SwiGLU(d_model, int(expansion * d_model))
+        self.norm2 = nn.RMSNorm(d_model)
+
+    def forward(self, x):
+        x = self.norm1(x + self.token_mix(x.transpose(-1, -2)).transpose(-1, -2))
+        return self.norm2(x + self.channel_mix(x))
+
+
+def rotary(x, cos, sin):
+    """Rotary position embedding on the last axis of ``x`` (pairs of halves)."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
+
+class AttentionBlock(nn.Module):
+    """Post-norm self-attention block with RoPE, then a SwiGLU feed-forward."""
+
+    def __init__(self, seq_len: int, d_model: int, expansion: float, n_heads: int):
+        super().__init__()
+        if d_model % (2 * n_heads):
+            raise ValueError(f"d_model={d_model} must be divisible by 2 * n_heads={2 * n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.norm1 = nn.RMSNorm(d_model)
+        self.ffn = SwiGLU(d_model, int(expansion * d_model))
+        self.norm2 = nn.RMSNorm(d_model)
+        d_head = d_model // n_heads
+        freq = 1.0 / (10000 ** (torch.arange(0, d_head // 2) / (d_head // 2)))
+        angle = torch.arange(seq_len)[:, None] * freq[None]
+        self.register_buffer("cos", angle.cos(), persistent=False)
+        self.register_buffer("sin", angle.sin(), persistent=False)
+
+    def forward(self, x):
+        *lead, L, D = x.shape
+        q, k, v = self.qkv(x).view(*lead, L, 3, self.n_heads, D // self.n_heads).unbind(-3)
+        q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # [..., heads, L, d_head]
+        q, k = rotary(q, self.cos, self.sin), rotary(k, self.cos, self.sin)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(-2, -3).reshape(*lead, L, D)
+        x = self.norm1(x + self.out(a))
+        return self.norm2(x + self.ffn(x))
+
+
+class RecursiveNet(nn.Module):
+    """A stack of blocks; used as f_low and f_high (the same instance when weights are shared)."""
+
+    def __init__(self, seq_len, d_model, n_layers, expansion, block="mixer", n_heads=4):
+        super().__init__()
+        if block == "mixer":
+            make = lambda: MixerBlock(seq_len, d_model, expansion)  # noqa: E731
+        elif block == "attention":
+            make = lambda: AttentionBlock(seq_len, d_model, expansion, n_heads)  # noqa: E731
+        else:
+            raise ValueError(f"unknown block {block!r}; use 'mixer' or 'attention'")
+        self.layers = nn.ModuleList(make() for _ in range(n_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Encoder(nn.Module):
+    """``e_x = embed(x) * sqrt(D) + pos``; prefix tokens get learned embeddings of their own."""
+
+    def __init__(self, vocab: int, seq_len: int, d_model: int, n_prefix: int):
+        super().__init__()
+        self.scale = math.sqrt(d_model)
+        self.embed = nn.Embedding(vocab, d_model)
+        self.prefix = nn.Parameter(torch.randn(n_prefix, d_model) / self.scale)
+        self.pos = nn.Parameter(torch.randn(n_prefix + seq_len, d_model) / self.scale)
+        nn.init.normal_(self.embed.weight, std=1.0 / self.scale)
+
+    def forward(self, x):
+        tokens = self.embed(x) * self.scale
+        prefix = self.prefix.expand(*x.shape[:-1], *self.prefix.shape) * self.scale
+        return torch.cat([prefix, tokens], dim=-2) + self.pos
+
+
+class GaussianHead(nn.Module):
+    """Per-token ``(mu, sigma)`` of the guidance noise: one SwiGLU MLP per parameter,
+    ``sigma = softplus(raw) + sigma_floor``."""
+
+    def __init__(self, d_model: int, expansion: float, sigma_floor: float, init_sigma: float = 1.0):
+        super().__init__()
+        hidden = int(expansion * d_model)
+        self.mu = SwiGLU(d_model, hidden)
+        self.raw_sigma = SwiGLU(d_model, hidden)
+        self.sigma_floor = sigma_floor
+        # start with mu = 0 and sigma = init_sigma: h_t = u_t + eps_t begins as pure noise
+        nn.init.zeros_(self.mu.down.weight)
+        nn.init.zeros_(self.raw_sigma.down.weight)
+        self.sigma_bias = nn.Parameter(torch.full((d_model,), math.log(math.expm1(init_sigma))))
+
+    def forward(self, u):
+        return self.mu(u), F.softplus(self.raw_sigma(u) + self.sigma_bias) + self.sigma_floor
+
+
+class GramNet(nn.Module):
+    """Everything GRAM learns, in one container (the ``pyro.module`` of model and guide).
+
+    Args:
+        seq_len, input_vocab, answer_len, answer_vocab, answer_offset: the task layout.
+        d_model: D. n_layers: blocks per f. block: "mixer" or "attention".
+        share_core: f_low and f_high share weights.
+        n_prefix: P learned prefix tokens; heads read token 0.
+    """
+
+    def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
+                 d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
+                 share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0):
+        super().__init__()
+        self.seq_len, self.n_prefix = seq_len, n_prefix
+        self.answer_len, self.answer_vocab = answer_len, answer_vocab
+        self.answer_start = n_prefix + answer_offset
+        total = n_prefix + seq_len
+        self.encoder = Encoder(input_vocab, seq_len, d_model, n_prefix)
+        self.f_high = RecursiveNet(total, d_model, n_layers, expansion, block, n_heads)
+        self.f_low = self.f_high if share_core else RecursiveNet(total, d_model, n_layers,
+                                                                 expansion, block, n_heads)
+        self.prior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
+        self.posterior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
+        self.target_embed = nn.Embedding(answer_vocab, d_model)
+        self.decoder = nn.Linear(d_model, answer_vocab)
+        self.halt_head = nn.Linear(d_model, 1)
+        self.lprm_head = nn.Linear(d_model, 1)
+        # z_0: drawn once at construction, stored with the model, never trained
+        self.register_buffer("h0", torch.randn(d_model))
+        self.register_buffer("l0", torch.randn(d_model))
+        self.d_model = d_model
+
+    def initial_state(self, batch_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*batch_shape, self.n_prefix + self.seq_len, self.d_model)
+        return self.h0.expand(shape), self.l0.expand(shape)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def propose(self, h, l, e_x, k_low: int):
+        """K low-level refinements with h fixed, then the high-level proposal u_t."""
+        for _ in range(k_low):
+            l = self.f_low(l + h + e_x)
+        return l, self.f_high(h + l)
+
+    def prior(self, u):
+        return self.prior_head(u)
+
+    def posterior(self, u, y):
+        """q's parameters from u_t and the answer y ``[..., answer_len]`` (embedded in place)."""
+        emb = self.target_embed(y)
+        pad_before = self.answer_start
+        pad_after = u.shape[-2] - pad_before - self.answer_len
+        emb = F.pad(emb, (0, 0, pad_before, pad_after))
+        return self.posterior_head(u + emb)
+
+    def decode(self, h):
+        """Answer logits ``[..., answer_len, answer_vocab]``."""
+        return self.decoder(h[..., self.answer_start:self.answer_start + self.answer_len, :])
+
+    def halt_logit(self, h):
+        return self.halt_head(h[..., 0, :]).squeeze(-1)
+
+    def value(self, h):
+        """LPRM: predicted final accuracy of the trajectory, in [0, 1]."""
+        return torch.sigmoid(self.lprm_head(h[..., 0, :]).squeeze(-1))

@@ -1,0 +1,328 @@
+"""SVI training of GRAM with deep supervision (DESIGN §1).
+
+Each batch runs ``n_supervision`` supervision steps; every step is one ELBO evaluation of the
+model against the guide (T transitions, then the decoder) and one AdamW step, and it starts from
+the previous step's final posterior state, detached (truncated backpropagation: memory does not
+grow with depth).
+
+Beside the posterior chain runs a *prior* chain (no access to y, no gradient into the trunk).
+The ACT halt head and the LPRM value head are fitted on it, because on posterior rollouts
+every answer looks correct:
+    ACT:  BCE(q_halt(h_n), 1[answer after step n is correct])
+    LPRM: (v(h_n) - r)^2, r = 1[the chain's final answer is correct]
+The metrics log always reports prior-rollout accuracy on the validation split: a posterior
+that smuggles y to the decoder shows ~100% posterior accuracy and chance prior accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gram_pyro import metrics
+from gram_pyro.checkpoint import CHECKPOINT, atomic_save, build_net, check_writable, config_of, \
+    load_checkpoint
+from gram_pyro.config import Config
+from gram_pyro.elbo import GramELBO
+from gram_pyro.errors import UserError
+from gram_pyro.inference import prior_rollouts
+from gram_pyro.recursion import SharedRecursion, transition_rules
+from gram_pyro.tasks import get_task
+from guides.gram import GramGuide
+from models.gram import GramModel
+
+
+def programs(net, cfg: Config):
+    """The model and guide of a config, sharing ``net``."""
+    kw = dict(k_low=cfg.k_low, t_high=cfg.t_high, n_supervision=cfg.n_supervision,
+              deterministic=cfg.deterministic)
+    return GramModel(net, **kw), GramGuide(net, **kw)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+class EMA:
+    """Exponential moving average of the weights, used for evaluation. The decay is warmed up
+    as ``min(decay, (1 + k) / (10 + k))`` so early averages are not dominated by the init."""
+
+    def __init__(self, net, decay: float):
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, net):
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for pe, p in zip(self.net.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - d)
+        self.updates += 1
+
+
+class Trainer:
+    """Trains one run into ``out_dir`` (fresh, or resumed from its checkpoint)."""
+
+    def __init__(self, cfg: Config, out_dir, resume: bool = False, progress: bool = True):
+        self.out = Path(out_dir)
+        self.progress = progress
+        if (self.out / CHECKPOINT).exists():
+            if not resume:
+                raise UserError(f"{str(self.out)!r} already holds a run; pass --resume to continue "
+                                "it, or choose another --out")
+            ckpt = load_checkpoint(self.out)
+            cfg = config_of(ckpt)
+        elif resume:
+            raise UserError(f"nothing to resume: no {CHECKPOINT} in {str(self.out)!r}")
+        else:
+            ckpt = None
+        check_writable(self.out)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.task = get_task(cfg.task, unconditional=cfg.unconditional)
+        data = self.task.build(seed=cfg.data_seed, progress=progress)
+        self.x_train, self.y_train = data.train.pairs()
+        self.val = data.val if len(data.val) else data.train
+        if len(self.x_train) == 0:
+            raise UserError(f"task {cfg.task} has no training data")
+
+        torch.manual_seed(cfg.seed)
+        self.net = build_net(self.task, cfg).to(self.device)
+        self.model, self.guide = programs(self.net, cfg)
+        self.elbo = GramELBO(beta=cfg.beta, kl_balance=cfg.kl_balance)
+        self.rules = transition_rules(cfg.objective, cfg.t_high)
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            (no_decay if p.dim() < 2 else decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=tuple(cfg.betas))
+        self.ema = EMA(self.net, cfg.ema)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step = 0
+        self.total_steps = cfg.steps
+        self.budget_fixed = not cfg.max_minutes
+        self.elapsed = 0.0
+        if ckpt is not None:
+            self._restore(ckpt)
+        else:
+            random.seed(cfg.seed)
+            pyro.set_rng_seed(cfg.seed)
+            (self.out / "config.json").write_text(cfg.to_json())
+            (self.out / "metrics.jsonl").write_text("")
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "gram-pyro/1",
+            "config": self.cfg.to_json(),
+            "model": self.net.state_dict(),
+            "ema": self.ema.net.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "budget_fixed": self.budget_fixed,
+            "elapsed": self.elapsed,
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "python_rng": json.dumps(random.getstate()),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self) -> None:
+        atomic_save(self.state_dict(), self.out / CHECKPOINT)
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.ema.net.load_state_dict(ckpt["ema"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.ema.updates = int(ckpt["ema_updates"])
+            self.step, self.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
+            self.budget_fixed, self.elapsed = bool(ckpt["budget_fixed"]), float(ckpt["elapsed"])
+            self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+            state = json.loads(ckpt["python_rng"])
+            random.setstate((state[0], tuple(state[1]), state[2]))
+            torch.set_rng_state(ckpt["torch_rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"cannot resume from the checkpoint: {str(e).splitlines()[0]}") from None
+        # the log keeps only what the checkpoint has seen, so a resumed curve continues cleanly
+        log = self.out / "metrics.jsonl"
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            log.write_text("".join(line + "\n" for line in kept))
+
+    # -- one batch ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def sample_batch(self):
+        idx = self.rng.integers(0, len(self.x_train), size=self.cfg.batch_size)
+        x, y = self.x_train[idx], self.y_train[idx]
+        if self.cfg.augment:
+            x, y = self.task.augment(x, y, self.rng)
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long, device=self.device)  # noqa: E731
+        return as_t(x), as_t(y)
+
+    def correct(self, x, logits) -> torch.Tensor:
+        answers = logits.argmax(-1).cpu().numpy()
+        ok = self.task.is_correct(x.cpu().numpy(), answers)
+        return torch.as_tensor(ok, dtype=torch.float32, device=self.device)
+
+    def train_batch(self) -> list[dict]:
+        """All supervision steps of one batch; one optimizer step each. Returns their logs."""
+        cfg, net = self.cfg, self.net
+        x, y = self.sample_batch()
+        post_state = prior_state = None
+        value_features, logs = [], []
+        for n in range(cfg.n_supervision):
+            shared = SharedRecursion()
+            terms = next(self.elbo.particle_terms(self.model, self.guide, x, y, steps=[n],
+                                                  state=post_state, shared=shared, rules=self.rules))
+            loss = -terms["surrogate"].mean()
+            # the prior chain: no y, no gradient into the trunk; only the heads learn from it
+            with torch.no_grad():
+                prior = self.model(x, steps=[n], state=prior_state)
+            feature = prior.h[..., 0, :].detach()
+            answer_ok = self.correct(x, prior.logits)
+            act_loss = F.binary_cross_entropy_with_logits(net.halt_head(feature).squeeze(-1), answer_ok)
+            loss = loss + cfg.act_weight * act_loss
+            value_features.append(feature)
+            lprm_loss = torch.zeros(())
+            if n == cfg.n_supervision - 1:
+                values = net.value(torch.stack(value_features).unsqueeze(-2))
+                lprm_loss = ((values - answer_ok) ** 2).mean()
+                loss = loss + cfg.lprm_weight * lprm_loss
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(loss):
+                raise UserError(f"the loss became {float(loss)} at step {self.step} "
+                                f"(reconstruction {float(terms['recon'].mean()):.3g}, "
+                                f"KL {float(terms['kl_total'].mean()):.3g}); lower lr or beta")
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.ema.update(net)
+            self.step += 1
+            post_state = tuple(s.detach() for s in shared.final_state)
+            prior_state = (prior.h, prior.l)
+            with torch.no_grad():
+                post_ok = self.correct(x, net.decode(post_state[0])).mean()
+            logs.append({
+                "step": self.step, "loss": float(loss.detach()),
+                "recon": float(-terms["recon"].mean().detach()),
+                "kl": {k: float(v.mean()) for k, v in terms["kl"].items()},
+                "kl_total": float(terms["kl_total"].mean()),
+                "act": float(act_loss.detach()), "lprm": float(lprm_loss.detach()),
+                "posterior_acc": float(post_ok), "prior_batch_acc": float(answer_ok.mean()),
+                "grad_norm": float(grad_norm), "lr": self.opt.param_groups[0]["lr"],
+            })
+        return logs
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Prior rollouts of the EMA weights on (a fixed subset of) the validation split."""
+        cfg = self.cfg
+        split = self.val.subset(np.arange(min(cfg.eval_inputs, len(self.val))))
+        model, _ = programs(self.ema.net, cfg)
+        traj = prior_rollouts(model, split.inputs, cfg.eval_samples, device=self.device)
+        cov = metrics.coverage(self.task, split, traj.answers)
+        return {"val_prior_acc": cov["sample_accuracy"],
+                f"val_coverage_micro@{cfg.eval_samples}": cov["micro"],
+                f"val_coverage_macro@{cfg.eval_samples}": cov["macro"]}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        log_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.progress,
+                   dynamic_ncols=True)
+        last_ckpt = time.monotonic()
+        window: list[dict] = []
+        last_eval = {}
+        calib = None
+        while self.step < self.total_steps:
+            if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+                break
+            t0 = time.perf_counter()
+            logs = self.train_batch()
+            self.elapsed += time.perf_counter() - t0
+            window.extend(logs)
+            bar.update(len(logs))
+            if not self.budget_fixed:
+                calib = self._calibrate_budget(calib, len(logs), bar)
+            if self.step // cfg.eval_interval != (self.step - len(logs)) // cfg.eval_interval \
+                    or self.step >= self.total_steps:
+                t0 = time.perf_counter()
+                last_eval = self.evaluate()
+                record = self._summarize(window) | last_eval | {
+                    "eval_seconds": round(time.perf_counter() - t0, 2)}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                window = []
+                bar.set_postfix(loss=f"{record['loss']:.3g}", kl=f"{record['kl_total']:.3g}",
+                                prior_acc=f"{last_eval['val_prior_acc']:.2f}")
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                self.save()
+                last_ckpt = time.monotonic()
+        bar.close()
+        if window or not last_eval:
+            last_eval = self.evaluate()
+            with open(log_path, "a") as f:
+                f.write(json.dumps((self._summarize(window) if window else {"step": self.step})
+                                   | last_eval) + "\n")
+        self.save()
+        return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
+
+    def _calibrate_budget(self, calib, n_steps, bar):
+        """With ``max_minutes``, fix the step budget (and so the LR schedule) once the speed is
+        known: the schedule is then a function of the step alone, so the run is reproducible
+        given its recorded budget."""
+        calib = (calib or 0) + n_steps
+        if calib >= max(50, 5 * self.cfg.n_supervision):
+            per_step = self.elapsed / self.step
+            remaining = max(0.0, self.cfg.max_minutes * 60 - self.elapsed)
+            # evaluation takes time too; leave it ~10%
+            self.total_steps = min(self.cfg.steps, self.step + int(0.9 * remaining / per_step))
+            self.budget_fixed = True
+            bar.total = self.total_steps
+            bar.refresh()
+        return calib
+
+    @staticmethod
+    def _summarize(window: list[dict]) -> dict:
+        out = {"step": window[-1]["step"]}
+        for key in ("loss", "recon", "kl_total", "act", "posterior_acc", "prior_batch_acc",
+                    "grad_norm", "lr"):
+            out[key] = float(np.mean([w[key] for w in window]))
+        lprm = [w["lprm"] for w in window if w["lprm"]]
+        out["lprm"] = float(np.mean(lprm)) if lprm else None
+        # KL per transition t, averaged over supervision steps: site eps_{n}_{t}
+        per_t: dict[str, list] = {}
+        for w in window:
+            for site, v in w["kl"].items():
+                per_t.setdefault("t" + site.rsplit("_", 1)[1], []).append(v)
+        out["kl_per_transition"] = {k: float(np.mean(v)) for k, v in sorted(per_t.items())}
+        return out

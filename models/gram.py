@@ -1,0 +1,124 @@
+"""The GRAM generative program p(y, eps | x) (DESIGN §1).
+
+For each supervision step n and transition t the program runs the deterministic recursion to get
+u_t, samples the guidance noise ``eps_{n}_{t} ~ N(mu_p(u_t), sigma_p(u_t)^2)`` over the whole
+state ``[P + L, D]`` (``.to_event(2)``), and sets ``h_t = u_t + eps_t``. After the last step it
+decodes ``y ~ Categorical(decoder(h))`` per answer token. With a blank input the same program
+is p(x), the data playing the role of y. With ``deterministic=True`` the noise is switched off
+(``h_t = u_t``, no latent sites): the TRM-like baseline, the same code otherwise.
+
+Plates: ``batch`` (dim -1) over inputs and, when ``num_samples`` is given, ``trajectories``
+(dim -2) over independent trajectories of every input, batched as one tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from gram_pyro.recursion import FULL, SharedRecursion, grad_enabled
+
+
+@dataclass
+class Rollout:
+    """What a run of the program leaves behind (the program's return value).
+
+    h, l: the final latent state. logits: the answer logits at the end.
+    halt_logits, values: per supervision step, the ACT halt logit and the LPRM value of the state
+        after it.
+    """
+
+    h: torch.Tensor
+    l: torch.Tensor
+    logits: torch.Tensor
+    halt_logits: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+
+
+def plates(batch_size: int, num_samples: int | None):
+    """The plate stack: ``trajectories`` (dim -2, optional) outside ``batch`` (dim -1)."""
+    stack = contextlib.ExitStack()
+    if num_samples is not None:
+        stack.enter_context(pyro.plate("trajectories", num_samples, dim=-2))
+    stack.enter_context(pyro.plate("batch", batch_size, dim=-1))
+    return stack
+
+
+def batch_shape(x, num_samples):
+    return (x.shape[0],) if num_samples is None else (num_samples, x.shape[0])
+
+
+def expand_encoding(e_x, num_samples):
+    return e_x if num_samples is None else e_x.expand(num_samples, *e_x.shape)
+
+
+class GramModel:
+    """Callable Pyro model ``model(x, y=None, *, steps, state, shared, rules, num_samples)``.
+
+    Args:
+        net: the :class:`~gram_pyro.nets.GramNet` holding every parameter.
+        k_low: K, low-level refinements per transition. t_high: T, transitions per
+        supervision step. n_supervision: N_sup, supervision steps in a full run.
+        deterministic: switch the noise off (the baseline).
+
+    Call arguments (the guide takes the same):
+        x ``[B, L]`` input tokens; y ``[B, answer_len]`` observed answer, or None to sample it.
+        steps: which supervision steps to run (default all); training runs one at a time.
+        state: ``(h, l)`` to start from (default z_0), e.g. the detached end of the last step.
+        shared: a :class:`SharedRecursion` shared with the guide (reuse of u_t on replay).
+        rules: per-transition :class:`TransitionRule` (training objectives); default FULL.
+        num_samples: N trajectories per input under the ``trajectories`` plate.
+        lprm_guidance: add ``pyro.factor("lprm_{n}", log v_n - log v_{n-1})`` after each step,
+            which tilts the trajectory distribution by the LPRM's final value (it telescopes to
+            ``log v_N``); used by SMC. The program then no longer defines p(y | x).
+    """
+
+    def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
+                 deterministic: bool = False):
+        self.net = net
+        self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
+        self.deterministic = deterministic
+
+    def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
+                 num_samples=None, lprm_guidance=False):
+        net = self.net
+        pyro.module("gram", net)
+        steps = range(self.n_supervision) if steps is None else steps
+        rules = rules or [FULL] * self.t_high
+        shared = shared or SharedRecursion()
+        e_x = expand_encoding(shared.encoding(net, x), num_samples)
+        h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
+        origin = h
+        out = Rollout(h, l, None)
+        prev_value = None
+        with plates(x.shape[0], num_samples):
+            for n in pyro.markov(steps):
+                for t in pyro.markov(range(self.t_high)):
+                    rule = rules[t]
+                    site = f"eps_{n}_{t}"
+                    l, u = shared.propose(net, site, origin, h, l, e_x, self.k_low, rule.trunk_grad)
+                    if self.deterministic:
+                        h = origin = u
+                        continue
+                    with grad_enabled(rule.head_grad or rule.trunk_grad):
+                        loc, scale = net.prior(u)
+                    eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2),
+                                      infer={"kl": rule.kl})
+                    h = u + (eps if rule.trunk_grad else eps.detach())
+                    origin = eps
+                out.halt_logits.append(net.halt_logit(h))
+                value = net.value(h)
+                out.values.append(value)
+                if lprm_guidance:
+                    log_v = value.clamp_min(1e-6).log()
+                    pyro.factor(f"lprm_{n}", log_v if prev_value is None else log_v - prev_value)
+                    prev_value = log_v
+            out.logits = net.decode(h)
+            pyro.sample("y", dist.Categorical(logits=out.logits).to_event(1), obs=y)
+        out.h, out.l = h, l
+        shared.final_state = (h, l)
+        return out
