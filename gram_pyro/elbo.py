@@ -8,7 +8,7 @@ For one supervision step (DESIGN §1, with the transitions chosen by the objecti
 The KLs are analytic, as in :class:`~pyro.infer.TraceMeanField_ELBO` (valid here because model
 and guide share their dependency structure: both condition eps_t on the same sampled history).
 KL balancing changes only the gradient, not the value: the prior is pulled toward the posterior
-four times harder than the posterior toward the prior. A site whose ``infer["kl"]`` is False
+four times harder than the posterior toward the prior. A site whose guide-side ``infer["kl"]`` is False
 (early transitions under the ``paper`` and ``prior_prefix`` objectives) contributes no KL.
 
 With ``beta = 1`` and every site's KL counted this is the full ELBO (Eq. 13), which
@@ -88,9 +88,11 @@ class GramELBO(ELBO):
                 lp = site["fn"].log_prob(site["value"])
                 recon = recon + scale_and_mask(lp, site["scale"], site["mask"])
                 continue
-            if not site["infer"].get("kl", True):
+            guide_site = guide_trace.nodes[name]
+            # poutine.replay hands the model the guide's ``infer`` dict, so read the flag there
+            if not guide_site["infer"].get("kl", True):
                 continue
-            q = guide_trace.nodes[name]["fn"]
+            q = guide_site["fn"]
             value = scale_and_mask(kl_divergence(q, site["fn"]), site["scale"], site["mask"])
             kl[name] = value.detach()
             kl_bal = kl_bal + scale_and_mask(balanced_kl(q, site["fn"], self.kl_balance),

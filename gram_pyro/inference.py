@@ -39,24 +39,43 @@ def _freeze(halted, new, old):
     return torch.where(mask, old, new)
 
 
+DEFAULT_CHUNK = 8192  # trajectories per batched pass; memory grows linearly with it
+
+
 @torch.no_grad()
 def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | None = None,
-                   act: bool = False, record: bool = False, chunk_size: int | None = None,
-                   device="cpu") -> Trajectories:
+                   act: bool = False, record: bool = False,
+                   chunk_size: int | None = DEFAULT_CHUNK, device="cpu") -> Trajectories:
     """Sample ``num_samples`` prior trajectories for every row of ``x`` ``[M, L]``.
 
-    ``chunk_size`` bounds the number of trajectories (inputs x samples) in one pass; inputs are
-    processed in chunks of ``max(1, chunk_size // num_samples)``.
+    At most ``chunk_size`` trajectories (inputs x samples) go through one batched pass: inputs
+    are taken ``chunk_size // num_samples`` at a time, and when one input's samples alone
+    exceed the chunk they are split too. Results are identical in distribution either way.
     """
     x = torch.as_tensor(np.asarray(x), dtype=torch.long)
     max_steps = max_steps or model.n_supervision
-    per_chunk = len(x) if not chunk_size else max(1, chunk_size // num_samples)
-    parts = [_rollout_chunk(model, x[i:i + per_chunk].to(device), num_samples, max_steps, act, record)
-             for i in range(0, len(x), per_chunk)]
-    cat = lambda k, axis: (np.concatenate([p[k] for p in parts], axis=axis)  # noqa: E731
-                           if parts[0][k] is not None else None)
-    return Trajectories(cat("answers", 0), cat("values", 0), cat("steps", 0),
-                        cat("step_answers", 1), cat("step_values", 1))
+    chunk_size = chunk_size or len(x) * num_samples
+    per_pass = min(num_samples, chunk_size)
+    inputs_per_chunk = max(1, chunk_size // num_samples)
+    rows = []
+    for i in range(0, len(x), inputs_per_chunk):
+        xi = x[i:i + inputs_per_chunk].to(device)
+        parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, act, record)
+                 for j in range(0, num_samples, per_pass)]
+        rows.append(_concat(parts, sample_axis=True))
+    return Trajectories(**_concat(rows, sample_axis=False))
+
+
+def _concat(parts: list[dict], sample_axis: bool) -> dict:
+    """Join chunk results along the sample axis or the input axis (step arrays lead with S)."""
+    out = {}
+    for key in parts[0]:
+        if parts[0][key] is None:
+            out[key] = None
+            continue
+        axis = 0 if not key.startswith("step_") else 1
+        out[key] = np.concatenate([p[key] for p in parts], axis=axis + int(sample_axis))
+    return out
 
 
 def _rollout_chunk(model, x, n, max_steps, act, record):

@@ -100,6 +100,7 @@ class Trainer:
         if len(self.x_train) == 0:
             raise UserError(f"task {cfg.task} has no training data")
 
+        pyro.enable_validation(cfg.pyro_validation)
         torch.manual_seed(cfg.seed)
         self.net = build_net(self.task, cfg).to(self.device)
         self.model, self.guide = programs(self.net, cfg)
@@ -115,7 +116,6 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.total_steps = cfg.steps
-        self.budget_fixed = not cfg.max_minutes
         self.elapsed = 0.0
         if ckpt is not None:
             self._restore(ckpt)
@@ -136,7 +136,6 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "step": self.step,
             "total_steps": self.total_steps,
-            "budget_fixed": self.budget_fixed,
             "elapsed": self.elapsed,
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "python_rng": json.dumps(random.getstate()),
@@ -153,7 +152,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.ema.updates = int(ckpt["ema_updates"])
             self.step, self.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
-            self.budget_fixed, self.elapsed = bool(ckpt["budget_fixed"]), float(ckpt["elapsed"])
+            self.elapsed = float(ckpt["elapsed"])
             self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
             state = json.loads(ckpt["python_rng"])
             random.setstate((state[0], tuple(state[1]), state[2]))
@@ -243,11 +242,16 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Prior rollouts of the EMA weights on (a fixed subset of) the validation split."""
+        """Prior rollouts of the EMA weights on (a fixed subset of) the validation split.
+
+        It runs on a forked RNG seeded by the step, so evaluating (or not) never changes the
+        training stream: a resumed run matches an uninterrupted one bit for bit."""
         cfg = self.cfg
         split = self.val.subset(np.arange(min(cfg.eval_inputs, len(self.val))))
         model, _ = programs(self.ema.net, cfg)
-        traj = prior_rollouts(model, split.inputs, cfg.eval_samples, device=self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+            traj = prior_rollouts(model, split.inputs, cfg.eval_samples, device=self.device)
         cov = metrics.coverage(self.task, split, traj.answers)
         return {"val_prior_acc": cov["sample_accuracy"],
                 f"val_coverage_micro@{cfg.eval_samples}": cov["micro"],
@@ -262,7 +266,6 @@ class Trainer:
         last_ckpt = time.monotonic()
         window: list[dict] = []
         last_eval = {}
-        calib = None
         while self.step < self.total_steps:
             if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
                 break
@@ -271,8 +274,8 @@ class Trainer:
             self.elapsed += time.perf_counter() - t0
             window.extend(logs)
             bar.update(len(logs))
-            if not self.budget_fixed:
-                calib = self._calibrate_budget(calib, len(logs), bar)
+            if cfg.max_minutes:
+                self._update_budget(bar)
             if self.step // cfg.eval_interval != (self.step - len(logs)) // cfg.eval_interval \
                     or self.step >= self.total_steps:
                 t0 = time.perf_counter()
@@ -296,20 +299,17 @@ class Trainer:
         self.save()
         return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
 
-    def _calibrate_budget(self, calib, n_steps, bar):
-        """With ``max_minutes``, fix the step budget (and so the LR schedule) once the speed is
-        known: the schedule is then a function of the step alone, so the run is reproducible
-        given its recorded budget."""
-        calib = (calib or 0) + n_steps
-        if calib >= max(50, 5 * self.cfg.n_supervision):
-            per_step = self.elapsed / self.step
-            remaining = max(0.0, self.cfg.max_minutes * 60 - self.elapsed)
-            # evaluation takes time too; leave it ~10%
-            self.total_steps = min(self.cfg.steps, self.step + int(0.9 * remaining / per_step))
-            self.budget_fixed = True
-            bar.total = self.total_steps
-            bar.refresh()
-        return calib
+    def _update_budget(self, bar) -> None:
+        """With ``max_minutes``, estimate how many steps fit in the time left and set the LR
+        schedule's horizon to that (re-estimated every batch from the mean step time, so a
+        slow or busy start does not shrink the run; the hard stop is the time itself)."""
+        if self.step < 50:
+            return
+        per_step = self.elapsed / self.step
+        remaining = max(0.0, self.cfg.max_minutes * 60 - self.elapsed)
+        self.total_steps = min(self.cfg.steps, self.step + int(remaining / per_step))
+        bar.total = self.total_steps
+        bar.refresh()
 
     @staticmethod
     def _summarize(window: list[dict]) -> dict:

@@ -29,7 +29,7 @@ class GramGuide:
         self.deterministic = deterministic
 
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False):
+                 num_samples=None, lprm_guidance=False, lprm_prev=None):
         if y is None:
             raise ValueError("the guide conditions on the answer y; it cannot run without it")
         net = self.net
@@ -55,7 +55,8 @@ class GramGuide:
                     else:
                         with grad_enabled(False):
                             loc, scale = net.prior(u)
-                    eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2))
+                    eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2),
+                                      infer={"kl": rule.kl})
                     h = u + (eps if rule.trunk_grad else eps.detach())
                     origin = eps
         return h, l

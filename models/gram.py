@@ -75,6 +75,8 @@ class GramModel:
         lprm_guidance: add ``pyro.factor("lprm_{n}", log v_n - log v_{n-1})`` after each step,
             which tilts the trajectory distribution by the LPRM's final value (it telescopes to
             ``log v_N``); used by SMC. The program then no longer defines p(y | x).
+        lprm_prev: ``log v`` of the state the call starts from (when stepping a trajectory one
+            supervision step per call), so the factors still telescope across calls.
     """
 
     def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
@@ -84,7 +86,7 @@ class GramModel:
         self.deterministic = deterministic
 
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False):
+                 num_samples=None, lprm_guidance=False, lprm_prev=None):
         net = self.net
         pyro.module("gram", net)
         steps = range(self.n_supervision) if steps is None else steps
@@ -94,7 +96,7 @@ class GramModel:
         h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
         origin = h
         out = Rollout(h, l, None)
-        prev_value = None
+        prev_value = lprm_prev
         with plates(x.shape[0], num_samples):
             for n in pyro.markov(steps):
                 for t in pyro.markov(range(self.t_high)):

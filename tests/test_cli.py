@@ -43,3 +43,55 @@ def test_data_prints_statistics():
 ])
 def test_bad_arguments(args, fragment):
     assert_one_line_error(gram(*args), fragment)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    r = gram("train", "--task", "nqueens-5", "--out", str(out), "--steps", "4", "--quiet",
+             *[a for kv in ("d_model=32", "n_layers=1", "k_low=1", "n_supervision=2",
+                            "batch_size=8", "eval_inputs=4", "eval_samples=2", "eval_interval=4")
+               for a in ("--set", kv)])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_evaluate_and_sample_run(tiny_run):
+    r = gram("evaluate", str(tiny_run), "--samples", "3", "--limit", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+    report = json.loads(r.stdout)
+    assert report["inputs"] == 5 and report["samples"] == 3
+    r = gram("sample", str(tiny_run), "--puzzle", "Q" + "." * 24, "-n", "4")
+    assert r.returncode == 0, r.stderr
+    assert "4 samples" in r.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--puzzle", "Q" * 3], "needs 25 characters"),
+    (["--puzzle", "QQ" + "." * 23], "contradict"),
+    (["--puzzle", "x" * 25], "illegal character"),
+    (["--puzzle", "." * 25, "-n", "-3"], "must be at least 1"),
+    (["--puzzle", "." * 25, "-n", "10000000"], "more than"),
+])
+def test_sample_bad_input(tiny_run, args, fragment):
+    assert_one_line_error(gram("sample", str(tiny_run), *args), fragment)
+
+
+def test_missing_and_corrupt_runs(tmp_path, tiny_run):
+    assert_one_line_error(gram("evaluate", str(tmp_path / "nope")), "does not exist")
+    assert_one_line_error(gram("evaluate", str(tmp_path)), "no checkpoint.pt")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes()[:500])
+    assert_one_line_error(gram("evaluate", str(bad)), "cannot load checkpoint")
+
+
+def test_train_refuses_to_overwrite_and_bad_overrides(tiny_run, tmp_path):
+    assert_one_line_error(gram("train", "--task", "nqueens-5", "--out", str(tiny_run)), "--resume")
+    assert_one_line_error(gram("train", "--task", "nqueens-5", "--out", str(tmp_path / "x"),
+                               "--set", "nonsense=1"), "--set takes key=value")
+    assert_one_line_error(gram("train", "--task", "nqueens-5", "--out", str(tmp_path / "x"),
+                               "--set", "d_model=big"), "d_model takes a int")
+    assert_one_line_error(gram("train", "--task", "nqueens-5", "--out", str(tmp_path / "x"),
+                               "--set", "objective=magic"), "objective must be one of")

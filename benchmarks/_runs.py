@@ -1,0 +1,33 @@
+"""Train-then-evaluate helper shared by the quality benchmarks: every variant gets the same
+task, data, seed policy and wall-clock budget, and is judged on prior rollouts of the test split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from gram_pyro.config import make_config
+from gram_pyro.evaluate import evaluate_run
+from gram_pyro.train import Trainer
+
+
+def train_and_evaluate(name, out: Path, *, task: str, minutes: float, seed: int, overrides=(),
+                       deterministic=False, unconditional=False, samples=20, limit=None,
+                       fresh=True) -> dict:
+    run = out / f"{name}-seed{seed}"
+    if fresh and run.exists():
+        shutil.rmtree(run)
+    cfg = make_config("cpu", list(overrides), task=task, seed=seed, max_minutes=minutes,
+                      deterministic=deterministic or None, unconditional=unconditional or None)
+    result = Trainer(cfg, run, progress=False).fit()
+    report, *_ = evaluate_run(run, samples=samples, limit=limit, seed=seed)
+    report["train_steps"] = result["step"]
+    report["train_minutes"] = result["minutes"]
+    return report
+
+
+def mean_sd(values) -> str:
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"

@@ -1,0 +1,133 @@
+"""``gram evaluate``: prior rollouts of a trained run on a held-out split.
+
+Every figure comes from PRIOR trajectories (the model never sees y). Reported:
+- sample accuracy: the share of all N x M trajectories whose answer is correct;
+- accuracy of each selection method (first sample, majority vote, LPRM best-of-N);
+- coverage@N (micro and macro) and its curve over n = 1..N;
+- accuracy against supervision steps (depth), of the first sample and of the selection;
+- whether the N samples of an input are all identical (always so for the baseline).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import torch
+
+from gram_pyro import metrics
+from gram_pyro.checkpoint import load_run
+from gram_pyro.inference import prior_rollouts
+from gram_pyro.select import METHODS, select
+from gram_pyro.train import programs, resolve_device
+
+
+def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: int | None = None,
+                 act: bool = False, limit: int | None = None, seed: int = 0,
+                 chunk_size: int = 8192, device: str = "cpu") -> dict:
+    task, cfg, net = load_run(run_dir, device=str(resolve_device(device)))
+    data = task.build(seed=cfg.data_seed)
+    part = data.split(split)
+    if limit:
+        part = part.subset(np.arange(min(limit, len(part))))
+    model, _ = programs(net, cfg)
+    pyro.set_rng_seed(seed)
+    with torch.no_grad():
+        traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
+                              record=True, chunk_size=chunk_size, device=device)
+    return summarize(task, cfg, part, traj, split=split, act=act), traj, part, task
+
+
+def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
+    m, n = traj.answers.shape[:2]
+    cov = metrics.coverage(task, part, traj.answers)
+    ns = sorted({k for k in (1, 2, 4, 8, 16, 20, 32, 64, n) if k <= n})
+    curve = metrics.coverage_curve(task, part, traj.answers, ns)
+    selected = {method: metrics.accuracy(task, part.inputs, select(task, traj.answers, traj.values, method))
+                for method in METHODS}
+    depth = [metrics.accuracy(task, part.inputs, step[:, 0]) for step in traj.step_answers]
+    flat = traj.answers.reshape(m, n, -1)
+    identical = float(np.mean([(flat[i] == flat[i, :1]).all() for i in range(m)]))
+    out = {
+        "task": task.name, "split": split, "inputs": int(m), "samples": int(n),
+        "model": "deterministic baseline" if cfg.deterministic else f"GRAM ({cfg.objective})",
+        "sample_accuracy": cov["sample_accuracy"],
+        "accuracy": selected,
+        "coverage_micro": cov["micro"], "coverage_macro": cov["macro"],
+        "coverage_curve": curve,
+        "completions_per_input": float(part.num_completions.mean()),
+        "identical_samples_fraction": identical,
+        "accuracy_by_step": depth,
+        "mean_steps": float(traj.steps.mean()), "act": act,
+    }
+    conf = metrics.conflicts(task, np.repeat(part.inputs, n, axis=0), traj.answers.reshape(m * n, -1))
+    if conf is not None:
+        out["conflicts_per_sample"] = conf["mean"]
+    return out
+
+
+def format_report(r: dict) -> str:
+    n = r["samples"]
+    lines = [
+        f"{r['model']} on {r['task']} ({r['split']} split, {r['inputs']} inputs, {n} prior "
+        f"samples each, {r['completions_per_input']:.2f} valid completions per input)",
+        f"  sample accuracy (all trajectories): {100 * r['sample_accuracy']:.1f}%",
+        f"  coverage@{n}: micro {100 * r['coverage_micro']:.1f}%, macro {100 * r['coverage_macro']:.1f}%",
+        "  selection        accuracy",
+    ]
+    for method, acc in r["accuracy"].items():
+        label = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N"}[method]
+        lines.append(f"    {label:<15} {100 * acc:6.1f}%")
+    if r["identical_samples_fraction"] == 1.0:
+        lines.append(f"  all {n} samples of every input are identical"
+                     + (" (deterministic baseline: by construction)" if "baseline" in r["model"] else ""))
+    else:
+        lines.append(f"  inputs whose {n} samples are all identical: "
+                     f"{100 * r['identical_samples_fraction']:.1f}%")
+    curve = r["coverage_curve"]
+    lines.append("  coverage vs n:   " + "  ".join(f"n={k}: {100 * v:.1f}%" for k, v in
+                                                    zip(curve["n"], curve["micro"])) + " (micro)")
+    lines.append("  accuracy vs supervision steps (single sample): " +
+                 " ".join(f"{100 * a:.0f}" for a in r["accuracy_by_step"]))
+    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}" + (" (ACT)" if r["act"] else ""))
+    if "conflicts_per_sample" in r:
+        lines.append(f"  conflict edges per sample: {r['conflicts_per_sample']:.2f}")
+    return "\n".join(lines)
+
+
+def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, act=False,
+                  device: str = "cpu") -> dict:
+    """``n`` prior trajectories for one puzzle string; distinct answers with their counts,
+    correctness and mean LPRM value, most frequent first."""
+    task, cfg, net = load_run(run_dir, device=str(resolve_device(device)))
+    x = task.parse_input(text)
+    model, _ = programs(net, cfg)
+    pyro.set_rng_seed(seed)
+    traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act, device=device)
+    answers, values = traj.answers[0], traj.values[0]
+    canon = task.canonical(answers)
+    groups: dict[bytes, list[int]] = {}
+    for i, row in enumerate(np.ascontiguousarray(canon.astype(np.int8))):
+        groups.setdefault(row.tobytes(), []).append(i)
+    correct = task.is_correct(np.repeat(x[None], n, axis=0), answers)
+    distinct = []
+    for idx in sorted(groups.values(), key=len, reverse=True):
+        a = answers[idx[0]]
+        distinct.append({"answer": task.format_answer(a), "count": len(idx),
+                         "correct": bool(correct[idx[0]]), "lprm": float(values[idx].mean()),
+                         "board": task.render(a, x)})
+    solutions = task.solve(x, cap=1000)
+    return {"task": task.name, "puzzle": task.format_input(x), "samples": n,
+            "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+            "valid_completions": int(len(solutions)),
+            "distinct_correct": sum(d["correct"] for d in distinct),
+            "mean_steps": float(traj.steps.mean()), "answers": distinct}
+
+
+def format_samples(r: dict) -> str:
+    lines = [f"{r['model']} on {r['task']}: {r['samples']} samples, {len(r['answers'])} distinct "
+             f"answers, {r['distinct_correct']} of them correct (the puzzle has "
+             f"{r['valid_completions']} valid completions)"]
+    for d in r["answers"]:
+        lines.append(f"\n{d['count']} x  {'correct' if d['correct'] else 'WRONG'}  "
+                     f"LPRM {d['lprm']:.2f}\n{d['board']}")
+    return "\n".join(lines)

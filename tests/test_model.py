@@ -1,0 +1,121 @@
+"""The Pyro programs: site names and shapes, shared recursion, baseline, p(x)."""
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from gram_pyro.elbo import GramELBO
+from gram_pyro.inference import prior_rollouts
+from gram_pyro.recursion import SharedRecursion, transition_rules
+from tests.helpers import tiny_programs
+
+
+def batch(task, cfg, n=3):
+    data = task.build(seed=0)
+    x, y = data.train.pairs()
+    return torch.as_tensor(x[:n]), torch.as_tensor(y[:n])
+
+
+def test_sites_names_and_shapes():
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg)
+    tr = poutine.trace(model).get_trace(x, y)
+    tr.compute_log_prob()
+    latent = [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+              and n not in ("batch", "trajectories")]
+    assert latent == [f"eps_{n}_{t}" for n in range(cfg.n_supervision) for t in range(cfg.t_high)]
+    state = (cfg.n_prefix + task.seq_len, cfg.d_model)
+    for name in latent:
+        site = tr.nodes[name]
+        assert site["value"].shape == (3, *state)
+        assert site["fn"].event_shape == state and site["fn"].batch_shape == (3,)
+        assert site["log_prob"].shape == (3,)
+    assert tr.nodes["y"]["is_observed"] and tr.nodes["y"]["fn"].event_shape == (task.answer_len,)
+    # N trajectories per input under the outer plate
+    tr = poutine.trace(model).get_trace(x, num_samples=5)
+    assert tr.nodes["eps_0_0"]["value"].shape == (5, 3, *state)
+    assert tr.nodes["y"]["value"].shape == (5, 3, task.answer_len)
+    frames = [f.name for f in tr.nodes["eps_0_0"]["cond_indep_stack"]]
+    assert set(frames) == {"trajectories", "batch"}
+
+
+def test_render_model_draws_the_sites():
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg, 2)
+    graph = pyro.render_model(model, model_args=(x, y), render_distributions=True)
+    for name in ("eps_0_0", "eps_1_1", "y", "batch"):
+        assert name in graph.source
+
+
+def test_guide_computes_the_recursion_once_and_the_model_reuses_it():
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg)
+    elbo = GramELBO(beta=0.1)
+    pyro.set_rng_seed(1)
+    shared = SharedRecursion()
+    fused = elbo.differentiable_loss(model, guide, x, y, shared=shared)
+    transitions = cfg.n_supervision * cfg.t_high
+    assert shared.computed == transitions and shared.reused == transitions
+    # the naive split (model recomputes) gives the same number
+    pyro.set_rng_seed(1)
+    naive = elbo.differentiable_loss(model, guide, x, y)
+    assert torch.allclose(fused, naive, rtol=1e-5, atol=1e-4)
+
+
+def test_model_recomputes_when_not_replaying():
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg)
+    shared = SharedRecursion()
+    guide(x, y, shared=shared)
+    model(x, y, shared=shared)  # runs its own prior noise: nothing may be reused after t=0
+    assert shared.reused == 1  # only the first proposal, from the common start state
+
+
+@pytest.mark.parametrize("objective", ["heads", "paper", "prior_prefix", "full"])
+def test_every_objective_backpropagates(objective):
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg)
+    rules = transition_rules(objective, cfg.t_high)
+    elbo = GramELBO(beta=0.1)
+    (terms,) = elbo.particle_terms(model, guide, x, y, steps=[0], rules=rules)
+    # the penalized KLs are exactly those the objective's rules name
+    assert sorted(terms["kl"]) == [f"eps_0_{t}" for t, r in enumerate(rules) if r.kl]
+    loss = -terms["surrogate"].sum()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert net.prior_head.mu.down.weight.grad is not None
+    assert net.f_high.layers[0].channel_mix.down.weight.grad.abs().sum() > 0
+
+
+def test_deterministic_baseline_is_identical_for_any_seed():
+    task, cfg, net, model, guide = tiny_programs(deterministic=True)
+    x, _ = batch(task, cfg, 4)
+    runs = []
+    for seed in (0, 1):
+        pyro.set_rng_seed(seed)
+        runs.append(prior_rollouts(model, x, 6).answers)
+    assert np.array_equal(runs[0], runs[1])
+    assert (runs[0] == runs[0][:, :1]).all()  # all 6 trajectories agree
+    tr = poutine.trace(model).get_trace(x)
+    assert not [n for n in tr.nodes if n.startswith("eps_")]
+
+
+def test_gram_trajectories_differ():
+    task, cfg, net, model, guide = tiny_programs()
+    x, _ = batch(task, cfg, 4)
+    out = prior_rollouts(model, x, 6)
+    with torch.no_grad():
+        h = [model(x, num_samples=2).h for _ in range(1)][0]
+    assert not torch.allclose(h[0], h[1])
+    assert out.answers.shape == (4, 6, task.answer_len)
+
+
+def test_one_program_serves_p_of_x():
+    task, cfg, net, model, guide = tiny_programs("nqueens-5", unconditional=True)
+    data = task.build(seed=0)
+    x, y = data.train.pairs()
+    assert (x == 0).all()
+    loss = GramELBO(beta=1.0, kl_balance=None).loss(model, guide, torch.as_tensor(x), torch.as_tensor(y))
+    assert np.isfinite(loss)

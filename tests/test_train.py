@@ -1,0 +1,78 @@
+"""Training: the loss goes down, seeded runs reproduce, resume continues the same run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gram_pyro.checkpoint import load_checkpoint, load_run
+from gram_pyro.errors import UserError
+from gram_pyro.train import Trainer
+from tests.helpers import tiny_config
+
+
+def losses(trainer, batches):
+    out = []
+    for _ in range(batches):
+        out += [log["loss"] for log in trainer.train_batch()]
+    return out
+
+
+def test_a_tiny_run_lowers_the_loss(tmp_path):
+    cfg = tiny_config(extra=["lr=3e-3", "pyro_validation=false"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    curve = losses(trainer, 30)
+    assert np.mean(curve[-10:]) < 0.7 * np.mean(curve[:10])
+
+
+def test_seeded_runs_reproduce_their_first_20_losses_with_validation_on(tmp_path):
+    cfg = tiny_config()
+    assert cfg.pyro_validation
+    a = losses(Trainer(cfg, tmp_path / "a", progress=False), 10)
+    b = losses(Trainer(cfg, tmp_path / "b", progress=False), 10)
+    assert len(a) == 20 and a == b
+    c = losses(Trainer(tiny_config(seed=1), tmp_path / "c", progress=False), 10)
+    assert a != c
+
+
+def test_resume_continues_the_same_run_exactly(tmp_path):
+    cfg = tiny_config(extra=["steps=8", "eval_interval=4"])
+    Trainer(cfg, tmp_path / "whole", progress=False).fit()
+    interrupted = Trainer(cfg, tmp_path / "split", progress=False)
+    interrupted.train_batch()
+    interrupted.train_batch()
+    interrupted.save()  # as the periodic checkpoint would, then the process dies
+    del interrupted
+    resumed = Trainer(cfg, tmp_path / "split", resume=True, progress=False)
+    assert resumed.step == 4
+    resumed.fit()
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    log = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 8
+
+
+def test_existing_run_needs_resume(tmp_path):
+    cfg = tiny_config(extra=["steps=2"])
+    Trainer(cfg, tmp_path / "r", progress=False).fit()
+    with pytest.raises(UserError, match="--resume"):
+        Trainer(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(UserError, match="nothing to resume"):
+        Trainer(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_checkpoint_holds_everything_and_loads_safely(tmp_path):
+    cfg = tiny_config(extra=["steps=2"])
+    Trainer(cfg, tmp_path / "r", progress=False).fit()
+    ckpt = load_checkpoint(tmp_path / "r")
+    for key in ("model", "ema", "optimizer", "torch_rng", "numpy_rng", "python_rng", "config", "step"):
+        assert key in ckpt
+    task, cfg2, net = load_run(tmp_path / "r")
+    assert cfg2 == cfg and not net.training
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "r")
