@@ -22,7 +22,7 @@ def train_and_evaluate(name, out: Path, *, task: str, minutes: float, seed: int,
     cfg = make_config("cpu", list(overrides), task=task, seed=seed, max_minutes=minutes,
                       deterministic=deterministic or None, unconditional=unconditional or None)
     result = Trainer(cfg, run, progress=False).fit()
-    report, *_ = evaluate_run(run, samples=samples, limit=limit, seed=seed)
+    report = evaluate_run(run, samples=samples, limit=limit, seed=seed)[0]
     report["train_steps"] = result["step"]
     report["train_minutes"] = result["minutes"]
     return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +55,9 @@ def load_checkpoint(run_dir) -> dict:
     if not path.is_file():
         raise UserError(f"no {CHECKPOINT} in {str(run_dir)!r}; train a model there first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals all land here
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
@@ -72,6 +75,11 @@ def build_net(task, cfg: Config) -> GramNet:
                    n_layers=cfg.n_layers, block=cfg.block, n_heads=cfg.n_heads,
                    expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
                    sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma)
+
+
+def run_data(task, cfg: Config, progress: bool = False):
+    """The dataset a run trains and evaluates on (its seed and dataset options)."""
+    return task.build(seed=cfg.data_seed, progress=progress, **cfg.data_options)
 
 
 def config_of(ckpt: dict) -> Config:

@@ -36,6 +36,8 @@ def _add_task_args(p, required=True):
     p.add_argument("--task", required=required, help="task name, e.g. nqueens-8 (`gram tasks`)")
     p.add_argument("--unconditional", action="store_true", help="the blank-input p(x) form")
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="dataset / run seed")
+    p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. --data csv=sudoku_extreme.csv (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     from gram_pyro import commands  # noqa: F401  (registers train/evaluate/... below)
     commands.add_subcommands(sub, _add_task_args, _int_at_least)
     return parser
+
+
+def data_options(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data takes key=value, got {item!r}")
+        out[key] = value
+    return out
 
 
 def cmd_tasks(args) -> None:
@@ -75,7 +87,7 @@ def cmd_data(args) -> None:
     from gram_pyro.tasks import get_task
 
     task = get_task(args.task, unconditional=args.unconditional)
-    data = task.build(seed=args.seed, progress=True)
+    data = task.build(seed=args.seed, progress=True, **data_options(args.data))
     report = {"task": task.describe(), "stats": data.stats(), "meta": data.meta}
     if args.json:
         print(json.dumps(report, indent=1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gram_pyro.errors import UserError
 
 MAX_SAMPLES = 100_000  # per puzzle; rollouts are chunked, but the answers are kept in memory
+MAX_GENERATE = 1_000_000
 
 
 def add_subcommands(sub, add_task_args, int_at_least) -> None:
@@ -23,6 +24,8 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); see gram_pyro/config.py")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--on-nan", choices=["stop", "skip"], help="on a non-finite loss or gradient: "
+                   "stop with a clear error (default) or skip the batch and count it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="accuracy and coverage of prior rollouts")
@@ -32,7 +35,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--max-steps", type=int_at_least(1), help="supervision-step budget")
     p.add_argument("--act", action="store_true", help="halt each trajectory by ACT")
-    p.add_argument("--limit", type=int_at_least(1), help="evaluate only the first N inputs")
+    p.add_argument("--limit", type=int_at_least(1), help="evaluate a seeded random subset of N inputs")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
@@ -50,14 +53,20 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p = sub.add_parser("generate", help="unconditional samples p(x)")
     p.add_argument("run_dir")
     p.add_argument("-n", type=int_at_least(1), default=100)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--max-steps", type=int_at_least(1))
+    p.add_argument("--act", action="store_true")
+    p.add_argument("--puzzles", action="store_true",
+                   help="turn valid samples into puzzles with a unique solution")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--dump", metavar="FILE.jsonl", help="one {board, valid} object per sample")
 
     p = sub.add_parser("loglik", help="ELBO and importance-weighted log-likelihood")
     p.add_argument("run_dir")
     p.add_argument("--particles", type=int_at_least(1), default=100)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--limit", type=int_at_least(1), default=200,
-                   help="first N (input, answer) pairs of the split (default 200)")
+    p.add_argument("--limit", type=int_at_least(1), default=100,
+                   help="a seeded random subset of N (input, answer) pairs (default 100)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--json", action="store_true")
 
@@ -66,6 +75,8 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the two runs")
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per model")
     p.add_argument("--samples", type=int_at_least(1), default=20)
+    p.add_argument("--limit", type=int_at_least(1), default=300,
+                   help="held-out inputs to evaluate, a seeded random subset (default 300 of 772)")
 
 
 def _not_built(name: str):
@@ -76,12 +87,15 @@ def _not_built(name: str):
 
 
 def cmd_train(args) -> dict:
+    from gram_pyro.cli import data_options
     from gram_pyro.config import make_config
     from gram_pyro.train import Trainer
 
     cfg = make_config(args.preset, args.set, task=args.task, unconditional=args.unconditional or None,
+                      data_options=data_options(args.data) or None,
                       seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
-                      deterministic=args.deterministic or None, device=args.device)
+                      deterministic=args.deterministic or None, device=args.device,
+                      on_nan=args.on_nan)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     kind = "deterministic baseline" if trainer.cfg.deterministic else f"GRAM ({trainer.cfg.objective})"
     n_params = sum(p.numel() for p in trainer.net.parameters())
@@ -95,12 +109,18 @@ def cmd_train(args) -> dict:
 def cmd_evaluate(args) -> dict:
     import json
 
-    from gram_pyro.evaluate import evaluate_run, format_report
+    from gram_pyro.evaluate import evaluate_run, format_report, save_plots, write_dump
 
-    report, *_ = evaluate_run(args.run_dir, samples=args.samples, split=args.split,
-                              max_steps=args.max_steps, act=args.act, limit=args.limit,
-                              seed=args.seed, device=args.device)
+    report, traj, part, task, chosen = evaluate_run(
+        args.run_dir, samples=args.samples, split=args.split, max_steps=args.max_steps,
+        act=args.act, limit=args.limit, seed=args.seed, select_method=args.select,
+        device=args.device)
+    if args.dump:
+        write_dump(args.dump, task, part, traj, chosen)
+    report["plots"] = [str(p) for p in save_plots(args.run_dir, report, traj, part, task)]
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    if not args.json:
+        print("  plots: " + ", ".join(report["plots"]))
     return report
 
 
@@ -117,7 +137,55 @@ def cmd_sample(args) -> dict:
     return report
 
 
-cmd_generate = _not_built("generate")
+def cmd_generate(args) -> dict:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from gram_pyro import plots
+    from gram_pyro.generate import format_generation, generate, make_puzzle
+
+    if args.n > MAX_GENERATE:
+        raise UserError(f"-n {args.n} is more than {MAX_GENERATE} boards in one call")
+    report, boards, valid = generate(args.run_dir, args.n, seed=args.seed,
+                                     max_steps=args.max_steps, act=args.act)
+    from gram_pyro.checkpoint import load_run
+    task = load_run(args.run_dir)[0]
+    if args.dump:
+        try:
+            with open(args.dump, "w") as f:
+                for b, v in zip(boards, valid):
+                    f.write(json.dumps({"board": task.format_answer(b), "valid": bool(v)}) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write --dump file {args.dump!r}: {e.strerror}") from None
+    fig = plots.boards(task, boards[:20], ok=valid[:20], title=f"{task.name}: generated boards "
+                       "(red frame = invalid)")
+    report["plot"] = str(plots.save(fig, Path(args.run_dir) / "generated.png"))
+    if args.puzzles:
+        rng = np.random.default_rng(args.seed)
+        report["puzzles"] = []
+        for b in boards[valid][: args.n]:
+            p = make_puzzle(task.name, b, rng)
+            report["puzzles"].append({"puzzle": get_conditional(task).format_input(p),
+                                      "solution": task.format_answer(b),
+                                      "givens": int((p > 0).sum())})
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return report
+    print(format_generation(report))
+    print(f"  plot: {report['plot']}")
+    for item in report.get("puzzles", []):
+        print(f"\npuzzle ({item['givens']} givens, unique solution): {item['puzzle']}\n"
+              f"solution: {item['solution']}")
+    return report
+
+
+def get_conditional(task):
+    from gram_pyro.tasks import get_task
+    return get_task(task.name)
+
+
 def cmd_loglik(args) -> dict:
     import json
 
@@ -155,7 +223,7 @@ def cmd_demo(args) -> None:
             cfg = make_config("cpu", task="nqueens-8", max_minutes=args.minutes,
                               deterministic=deterministic)
             Trainer(cfg, out).fit()
-        reports[label], *_ = evaluate_run(out, samples=args.samples)
+        reports[label] = evaluate_run(out, samples=args.samples, limit=args.limit)[0]
     n = args.samples
     print(f"\nN-Queens 8x8, test split ({reports['GRAM']['inputs']} held-out inputs, "
           f"{reports['GRAM']['completions_per_input']:.2f} valid completions each on average), "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gram_pyro.errors import UserError
 from gram_pyro.recursion import OBJECTIVES
@@ -18,7 +18,8 @@ from gram_pyro.recursion import OBJECTIVES
 class Config:
     """Every knob of a GRAM run. Symbols follow DESIGN §1-2.
 
-    Task: ``task`` (registry name), ``unconditional`` (blank input, p(x)), ``data_seed``.
+    Task: ``task`` (registry name), ``unconditional`` (blank input, p(x)), ``data_seed``,
+        ``data_options`` (the task's dataset options, e.g. ``{"csv": PATH}`` for sudoku-9).
     Model: ``d_model`` (D), ``n_layers`` blocks per f, ``block`` ("mixer"/"attention"),
         ``n_heads``, ``expansion`` (SwiGLU width factor), ``share_core`` (f_low = f_high),
         ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``.
@@ -37,6 +38,7 @@ class Config:
     task: str = "nqueens-8"
     unconditional: bool = False
     data_seed: int = 0
+    data_options: dict = field(default_factory=dict)
     seed: int = 0
     device: str = "cpu"
     # model
@@ -81,6 +83,7 @@ class Config:
     eval_inputs: int = 256
     eval_samples: int = 4
     checkpoint_minutes: float = 2.0
+    on_nan: str = "stop"  # "stop" (clear error, last checkpoint intact) or "skip" the batch
     pyro_validation: bool = False  # Pyro's shape / support checks on every step (tests turn them on)
 
     def validate(self) -> "Config":
@@ -88,6 +91,8 @@ class Config:
             raise UserError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.block not in ("mixer", "attention"):
             raise UserError(f"block must be 'mixer' or 'attention', got {self.block!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise UserError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         for name in ("d_model", "n_layers", "k_low", "t_high", "n_supervision", "batch_size",
@@ -134,6 +139,8 @@ PAPER_BETA = {"sudoku": 0.1, "nqueens-8": 0.07, "nqueens-10": 0.045, "coloring-8
 
 
 def _coerce(field: dataclasses.Field, text: str):
+    if field.default is dataclasses.MISSING:
+        raise UserError(f"{field.name} cannot be set with --set; use --data key=value")
     kind = type(field.default)
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):

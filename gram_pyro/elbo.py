@@ -31,10 +31,10 @@ from torch.distributions import kl_divergence
 def _detached(d):
     """The same distribution with its parameters cut from the graph (sg(.))."""
     base, dims = d, 0
-    while isinstance(base, dist.Independent):
+    while isinstance(base, torch.distributions.Independent):  # pyro's subclass included
         dims += base.reinterpreted_batch_ndims
         base = base.base_dist
-    if not isinstance(base, dist.Normal):
+    if not isinstance(base, torch.distributions.Normal):
         raise NotImplementedError(f"KL balancing supports Normal sites, got {type(base).__name__}")
     out = dist.Normal(base.loc.detach(), base.scale.detach())
     return out.to_event(dims) if dims else out

@@ -15,26 +15,80 @@ import pyro
 import torch
 
 from gram_pyro import metrics
-from gram_pyro.checkpoint import load_run
-from gram_pyro.inference import prior_rollouts
+from gram_pyro.checkpoint import load_run, run_data
+from gram_pyro.errors import UserError
+from gram_pyro.inference import Trajectories, prior_rollouts
 from gram_pyro.select import METHODS, select
 from gram_pyro.train import programs, resolve_device
 
 
 def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: int | None = None,
-                 act: bool = False, limit: int | None = None, seed: int = 0,
-                 chunk_size: int = 8192, device: str = "cpu") -> dict:
+                 act: bool = False, limit: int | None = None, seed: int = 0, select_method: str = "lprm",
+                 chunk_size: int = 8192, device: str = "cpu"):
+    """Prior rollouts of a run on a split. Returns ``(report, trajectories, split, task,
+    selected)``; with ``select_method="smc"`` the SMC particles replace the independent samples
+    in the trajectories handed back (the report has both)."""
     task, cfg, net = load_run(run_dir, device=str(resolve_device(device)))
-    data = task.build(seed=cfg.data_seed)
-    part = data.split(split)
-    if limit:
-        part = part.subset(np.arange(min(limit, len(part))))
+    data = run_data(task, cfg)
+    part = data.split(split).sample(limit)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
                               record=True, chunk_size=chunk_size, device=device)
-    return summarize(task, cfg, part, traj, split=split, act=act), traj, part, task
+    report = summarize(task, cfg, part, traj, split=split, act=act)
+    if select_method == "smc":
+        from gram_pyro.smc import lprm_smc
+
+        pyro.set_rng_seed(seed + 1)
+        smc = lprm_smc(model, part.inputs, samples, max_steps=max_steps)
+        chosen = select(task, smc.answers, smc.values, "lprm")
+        report["accuracy"]["smc"] = metrics.accuracy(task, part.inputs, chosen)
+        report["smc"] = {"resampling_events": smc.resampled,
+                         "coverage_micro": metrics.coverage(task, part, smc.answers)["micro"]}
+        traj = Trajectories(smc.answers, smc.values, traj.steps)
+    else:
+        chosen = select(task, traj.answers, traj.values, select_method)
+    report["selected_by"] = select_method
+    return report, traj, part, task, chosen
+
+
+def write_dump(path, task, part, traj, chosen) -> int:
+    """One JSON object per input: ``input``, ``samples``, ``lprm``, ``selected`` (task strings)."""
+    import json
+
+    try:
+        with open(path, "w") as f:
+            for i in range(len(part)):
+                f.write(json.dumps({
+                    "input": task.format_input(part.inputs[i]),
+                    "samples": [task.format_answer(a) for a in traj.answers[i]],
+                    "lprm": [round(float(v), 6) for v in traj.values[i]],
+                    "selected": task.format_answer(chosen[i]),
+                }) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write --dump file {str(path)!r}: {e.strerror}") from None
+    return len(part)
+
+
+def save_plots(run_dir, report, traj, part, task) -> list:
+    """Coverage against N, accuracy against steps, LPRM against steps (correct vs wrong)."""
+    from pathlib import Path
+
+    from gram_pyro import plots
+
+    out = Path(run_dir)
+    tag = f"eval_{report['split']}"
+    paths = [plots.save(plots.coverage_curve({report["model"]: report["coverage_curve"]}),
+                        out / f"{tag}_coverage.png"),
+             plots.save(plots.accuracy_by_step({"single sample": report["accuracy_by_step"]}),
+                        out / f"{tag}_accuracy_by_step.png")]
+    if traj.step_values is not None:
+        m, n = traj.answers.shape[:2]
+        ok = task.is_correct(np.repeat(part.inputs, n, axis=0), traj.answers.reshape(m * n, -1))
+        paths.append(plots.save(plots.lprm_by_step(traj.step_values.reshape(len(traj.step_values), -1), ok),
+                                out / f"{tag}_lprm_by_step.png"))
+    return paths
 
 
 def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
@@ -75,8 +129,12 @@ def format_report(r: dict) -> str:
         "  selection        accuracy",
     ]
     for method, acc in r["accuracy"].items():
-        label = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N"}[method]
+        label = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N",
+                 "smc": "LPRM-guided SMC"}[method]
         lines.append(f"    {label:<15} {100 * acc:6.1f}%")
+    if "smc" in r:
+        lines.append(f"    (SMC: same N and steps as best-of-N; {r['smc']['resampling_events']} "
+                     f"resampling events; particle coverage {100 * r['smc']['coverage_micro']:.1f}%)")
     if r["identical_samples_fraction"] == 1.0:
         lines.append(f"  all {n} samples of every input are identical"
                      + (" (deterministic baseline: by construction)" if "baseline" in r["model"] else ""))

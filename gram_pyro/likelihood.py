@@ -102,7 +102,7 @@ def estimate(model, guide, x, y, num_particles: int, chunk: int = 256, make_kwar
     return Estimate(iwae.numpy(), se.numpy(), ess.numpy(), elbo.mean(0).numpy(), lw)
 
 
-def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 200,
+def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 100,
                chunk: int = 128, seed: int = 0, device: str = "cpu") -> dict:
     """``gram loglik``: the full ELBO and IWAE_k (k = 1, 10, 100, 1000 up to ``particles``) of
     a run on the (input, completion) pairs of a split, in nats per example and bits per answer
@@ -110,14 +110,15 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     (log p(x) for an unconditional run)."""
     import pyro
 
-    from gram_pyro.checkpoint import load_run
+    from gram_pyro.checkpoint import load_run, run_data
     from gram_pyro.recursion import SharedRecursion
     from gram_pyro.train import programs
 
     task, cfg, net = load_run(run_dir, device=device)
-    x, y = task.build(seed=cfg.data_seed).split(split).pairs()
-    if limit:
-        x, y = x[:limit], y[:limit]
+    x, y = run_data(task, cfg).split(split).pairs()
+    if limit and limit < len(x):
+        keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
+        x, y = x[keep], y[keep]
     model, guide = programs(net, cfg)
     pyro.set_rng_seed(seed)
     est = estimate(model, guide, torch.as_tensor(x, device=device), torch.as_tensor(y, device=device),

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from gram_pyro import metrics
 from gram_pyro.checkpoint import CHECKPOINT, atomic_save, build_net, check_writable, config_of, \
-    load_checkpoint
+    load_checkpoint, run_data
 from gram_pyro.config import Config
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
@@ -94,7 +94,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.task = get_task(cfg.task, unconditional=cfg.unconditional)
-        data = self.task.build(seed=cfg.data_seed, progress=progress)
+        data = run_data(self.task, cfg, progress=progress)
         self.x_train, self.y_train = data.train.pairs()
         self.val = data.val if len(data.val) else data.train
         if len(self.x_train) == 0:
@@ -117,6 +117,7 @@ class Trainer:
         self.step = 0
         self.total_steps = cfg.steps
         self.elapsed = 0.0
+        self.nan_skips = 0
         if ckpt is not None:
             self._restore(ckpt)
         else:
@@ -137,6 +138,7 @@ class Trainer:
             "step": self.step,
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
+            "nan_skips": self.nan_skips,
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "python_rng": json.dumps(random.getstate()),
             "torch_rng": torch.get_rng_state(),
@@ -153,6 +155,7 @@ class Trainer:
             self.ema.updates = int(ckpt["ema_updates"])
             self.step, self.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
             self.elapsed = float(ckpt["elapsed"])
+            self.nan_skips = int(ckpt.get("nan_skips", 0))
             self.rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
             state = json.loads(ckpt["python_rng"])
             random.setstate((state[0], tuple(state[1]), state[2]))
@@ -216,12 +219,23 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_at(self.step)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not torch.isfinite(loss):
-                raise UserError(f"the loss became {float(loss)} at step {self.step} "
-                                f"(reconstruction {float(terms['recon'].mean()):.3g}, "
-                                f"KL {float(terms['kl_total'].mean()):.3g}); lower lr or beta")
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            pieces = {"reconstruction": -terms["recon"].mean(), "KL": terms["kl_total"].mean(),
+                      "ACT": act_loss, "LPRM": lprm_loss}
+            bad = self._non_finite(loss, pieces, "loss")
+            if not bad:
+                loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip) \
+                if not bad else torch.tensor(float("nan"))
+            bad = bad or self._non_finite(grad_norm, {}, "gradient norm")
+            if bad:
+                if cfg.on_nan == "stop":
+                    raise UserError(f"{bad} at step {self.step}; the last checkpoint in "
+                                    f"{str(self.out)!r} is intact (lower lr or beta, or pass "
+                                    "--on-nan skip)")
+                self.opt.zero_grad(set_to_none=True)
+                self.nan_skips += 1
+                logs.append({"step": self.step, "skipped": bad})
+                break  # this batch's chain is unusable; the next batch starts afresh
             self.opt.step()
             self.ema.update(net)
             self.step += 1
@@ -247,7 +261,7 @@ class Trainer:
         It runs on a forked RNG seeded by the step, so evaluating (or not) never changes the
         training stream: a resumed run matches an uninterrupted one bit for bit."""
         cfg = self.cfg
-        split = self.val.subset(np.arange(min(cfg.eval_inputs, len(self.val))))
+        split = self.val.sample(cfg.eval_inputs)
         model, _ = programs(self.ema.net, cfg)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 1_000_003 + self.step)
@@ -266,27 +280,35 @@ class Trainer:
         last_ckpt = time.monotonic()
         window: list[dict] = []
         last_eval = {}
+        consecutive_skips = 0
         while self.step < self.total_steps:
             if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
                 break
             t0 = time.perf_counter()
+            before = self.step
             logs = self.train_batch()
             self.elapsed += time.perf_counter() - t0
             window.extend(logs)
-            bar.update(len(logs))
+            bar.update(self.step - before)
+            consecutive_skips = 0 if self.step > before else consecutive_skips + 1
+            if consecutive_skips >= 100:
+                raise UserError(f"100 batches in a row had a non-finite loss at step {self.step}; "
+                                "stopping (lower lr or beta)")
             if cfg.max_minutes:
                 self._update_budget(bar)
-            if self.step // cfg.eval_interval != (self.step - len(logs)) // cfg.eval_interval \
+            if self.step // cfg.eval_interval != before // cfg.eval_interval \
                     or self.step >= self.total_steps:
                 t0 = time.perf_counter()
                 last_eval = self.evaluate()
                 record = self._summarize(window) | last_eval | {
-                    "eval_seconds": round(time.perf_counter() - t0, 2)}
+                    "eval_seconds": round(time.perf_counter() - t0, 2),
+                    "total_steps": self.total_steps, "peak_memory_mb": self.peak_memory_mb()}
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 window = []
-                bar.set_postfix(loss=f"{record['loss']:.3g}", kl=f"{record['kl_total']:.3g}",
-                                prior_acc=f"{last_eval['val_prior_acc']:.2f}")
+                if "loss" in record:
+                    bar.set_postfix(loss=f"{record['loss']:.3g}", kl=f"{record['kl_total']:.3g}",
+                                    prior_acc=f"{last_eval['val_prior_acc']:.2f}")
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 self.save()
                 last_ckpt = time.monotonic()
@@ -294,8 +316,7 @@ class Trainer:
         if window or not last_eval:
             last_eval = self.evaluate()
             with open(log_path, "a") as f:
-                f.write(json.dumps((self._summarize(window) if window else {"step": self.step})
-                                   | last_eval) + "\n")
+                f.write(json.dumps(self._summarize(window) | last_eval) + "\n")
         self.save()
         return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
 
@@ -311,9 +332,31 @@ class Trainer:
         bar.total = self.total_steps
         bar.refresh()
 
+    def peak_memory_mb(self) -> float:
+        """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     @staticmethod
-    def _summarize(window: list[dict]) -> dict:
-        out = {"step": window[-1]["step"]}
+    def _non_finite(value, pieces: dict, what: str) -> str | None:
+        """None if ``value`` is finite, else a message naming the term that went bad."""
+        if bool(torch.isfinite(value)):
+            return None
+        culprits = [name for name, v in pieces.items() if not bool(torch.isfinite(v))]
+        return f"the {what} became {float(value.detach())}" + (
+            f" ({', '.join(culprits)} term{'s' if len(culprits) > 1 else ''} not finite)"
+            if culprits else "")
+
+    def _summarize(self, window: list[dict]) -> dict:
+        skipped = [w for w in window if "skipped" in w]
+        window = [w for w in window if "skipped" not in w] or [{"step": self.step}]
+        out = {"step": window[-1]["step"], "nan_skips_total": self.nan_skips,
+               "nan_skips": len(skipped)}
+        if "loss" not in window[-1]:
+            return out
         for key in ("loss", "recon", "kl_total", "act", "posterior_acc", "prior_batch_acc",
                     "grad_norm", "lr"):
             out[key] = float(np.mean([w[key] for w in window]))

@@ -11,34 +11,23 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 
-from gram_pyro.recursion import FULL, SharedRecursion, grad_enabled
-from models.gram import batch_shape, expand_encoding, plates
+from gram_pyro.recursion import grad_enabled
+from models.gram import RecursionProgram, plates
 
 
-class GramGuide:
+class GramGuide(RecursionProgram):
     """Callable Pyro guide with the model's signature (see :class:`models.gram.GramModel`).
 
     A transition whose rule has ``posterior=False`` is drawn from the prior instead (q = p, so
     its KL is zero): the ``prior_prefix`` objective.
     """
 
-    def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
-                 deterministic: bool = False):
-        self.net = net
-        self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
-        self.deterministic = deterministic
-
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
                  num_samples=None, lprm_guidance=False, lprm_prev=None):
         if y is None:
             raise ValueError("the guide conditions on the answer y; it cannot run without it")
         net = self.net
-        pyro.module("gram", net)
-        steps = range(self.n_supervision) if steps is None else steps
-        rules = rules or [FULL] * self.t_high
-        shared = shared or SharedRecursion()
-        e_x = expand_encoding(shared.encoding(net, x), num_samples)
-        h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
+        steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
         origin = h
         with plates(x.shape[0], num_samples):
             for n in pyro.markov(steps):

@@ -56,7 +56,28 @@ def expand_encoding(e_x, num_samples):
     return e_x if num_samples is None else e_x.expand(num_samples, *e_x.shape)
 
 
-class GramModel:
+class RecursionProgram:
+    """What the model and the guide share: the networks, the recursion sizes, and the start of
+    a run (the encoding, the start state and the shared recursion store)."""
+
+    def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
+                 deterministic: bool = False):
+        self.net = net
+        self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
+        self.deterministic = deterministic
+
+    def start(self, x, steps, state, shared, rules, num_samples):
+        """``(steps, rules, shared, e_x, h, l)`` at the beginning of a call."""
+        pyro.module("gram", self.net)
+        steps = range(self.n_supervision) if steps is None else steps
+        rules = rules or [FULL] * self.t_high
+        shared = shared or SharedRecursion()
+        e_x = expand_encoding(shared.encoding(self.net, x), num_samples)
+        h, l = shared.initial_state(self.net, batch_shape(x, num_samples), state)
+        return steps, rules, shared, e_x, h, l
+
+
+class GramModel(RecursionProgram):
     """Callable Pyro model ``model(x, y=None, *, steps, state, shared, rules, num_samples)``.
 
     Args:
@@ -79,21 +100,10 @@ class GramModel:
             supervision step per call), so the factors still telescope across calls.
     """
 
-    def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
-                 deterministic: bool = False):
-        self.net = net
-        self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
-        self.deterministic = deterministic
-
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
                  num_samples=None, lprm_guidance=False, lprm_prev=None):
         net = self.net
-        pyro.module("gram", net)
-        steps = range(self.n_supervision) if steps is None else steps
-        rules = rules or [FULL] * self.t_high
-        shared = shared or SharedRecursion()
-        e_x = expand_encoding(shared.encoding(net, x), num_samples)
-        h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
+        steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
         origin = h
         out = Rollout(h, l, None)
         prev_value = lprm_prev

@@ -76,3 +76,41 @@ def test_checkpoint_holds_everything_and_loads_safely(tmp_path):
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
     with pytest.raises(UserError, match="cannot load checkpoint"):
         load_checkpoint(tmp_path / "r")
+
+
+def poison(trainer, calls):
+    """Make the ELBO non-finite on the given call numbers (counting ELBO evaluations)."""
+    original, count = trainer.elbo.particle_terms, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        for terms in original(*args, **kwargs):
+            if count["n"] in calls:
+                terms["recon"] = terms["recon"] * float("nan")
+                terms["surrogate"] = terms["surrogate"] * float("nan")
+            count["n"] += 1
+            yield terms
+
+    trainer.elbo.particle_terms = poisoned
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(extra=["steps=8"]), tmp_path / "r", progress=False)
+    trainer.train_batch()
+    trainer.save()
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    poison(trainer, {0})
+    with pytest.raises(UserError, match=r"loss became nan \(reconstruction term not finite\) at step 2"):
+        trainer.fit()
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
+
+
+def test_nan_skip_skips_the_batch_and_counts_it(tmp_path):
+    trainer = Trainer(tiny_config(extra=["steps=6", "on_nan=skip", "eval_interval=100"]),
+                      tmp_path / "r", progress=False)
+    poison(trainer, {1})
+    trainer.fit()
+    # whole batches of N_sup=2 steps: the skipped batch advanced 1 step, so the run ends at 7
+    assert trainer.step == 7 and trainer.nan_skips == 1
+    log = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["nan_skips_total"] == 1
+    assert all(np.isfinite(p.detach()).all() for p in trainer.net.parameters())

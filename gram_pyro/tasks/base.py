@@ -90,6 +90,13 @@ class Split:
         """One reference completion per input (the first), for teacher-forced metrics."""
         return self.completions[self.offsets[:-1]]
 
+    def sample(self, n: int | None, seed: int = 0) -> "Split":
+        """A seeded random subset of ``n`` inputs (all when ``n`` is None or too large). Splits
+        are stored in sorted order, so "the first n" would be a biased sample."""
+        if not n or n >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:n]))
+
     def subset(self, index) -> "Split":
         index = np.asarray(index, dtype=np.int64)
         groups = [self.completions_of(i) for i in index]
@@ -236,10 +243,13 @@ class Task(ABC):
 
     def build(self, seed: int = 0, cache: bool = True, progress: bool = False, **sizes) -> Dataset:
         """The dataset for ``seed``, built once and cached under :func:`cache_dir`."""
-        unknown = set(sizes) - set(self.default_sizes())
+        defaults = self.default_sizes()
+        unknown = set(sizes) - set(defaults)
         if unknown:
-            raise UserError(f"task {self.name} has no dataset option {sorted(unknown)[0]!r}")
-        full = {**self.default_sizes(), **sizes}
+            known = ", ".join(sorted(defaults)) or "none"
+            raise UserError(f"task {self.name} has no dataset option {sorted(unknown)[0]!r} "
+                            f"(options: {known})")
+        full = {**defaults, **{k: coerce_option(k, v, defaults[k]) for k, v in sizes.items()}}
         label = self.name + ("-unconditional" if self.unconditional else "")
         key = json.dumps({"task": label, "seed": seed, "sizes": full, "v": CACHE_VERSION},
                          sort_keys=True)
@@ -262,6 +272,21 @@ class Task(ABC):
         return {"name": self.name, "seq_len": self.seq_len, "input_vocab": self.input_vocab,
                 "answer_len": self.answer_len, "answer_vocab": self.answer_vocab,
                 "answer_offset": self.answer_offset, "unconditional": self.unconditional}
+
+
+def coerce_option(name: str, value, default):
+    """A dataset option given as text (``--data key=value``) in the type of its default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, (list, tuple)):
+            return [int(v) for v in value.split(",") if v.strip()]
+        return type(default)(value)
+    except ValueError:
+        raise UserError(f"dataset option {name} takes a {type(default).__name__}, "
+                        f"got {value!r}") from None
 
 
 def clean_puzzle_text(text: str) -> str:

@@ -1,0 +1,142 @@
+"""Figures shared by the CLI and the notebooks. Each function draws on a given or new axes and
+returns the figure; :func:`save` writes it. matplotlib only, headless-safe (Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    try:
+        matplotlib.use("Agg")
+    except Exception:  # an interactive session chose its backend already
+        pass
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _axes(ax, size=(5, 3.5)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size, constrained_layout=True)
+    return ax.figure, ax
+
+
+def save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def coverage_curve(curves: dict, ax=None, title="Coverage against samples"):
+    """``curves``: label -> {"n": [...], "micro": [...], "macro": [...]}."""
+    fig, ax = _axes(ax)
+    for label, c in curves.items():
+        line, = ax.plot(c["n"], 100 * np.asarray(c["micro"]), marker="o", label=f"{label} (micro)")
+        ax.plot(c["n"], 100 * np.asarray(c["macro"]), marker="s", ls="--", color=line.get_color(),
+                alpha=0.7, label=f"{label} (macro)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples per input N")
+    ax.set_ylabel("coverage (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def accuracy_by_step(series: dict, ax=None, title="Accuracy against supervision steps"):
+    """``series``: label -> accuracy (fraction) after each supervision step."""
+    fig, ax = _axes(ax)
+    for label, acc in series.items():
+        ax.plot(np.arange(1, len(acc) + 1), 100 * np.asarray(acc), marker="o", label=label)
+    ax.set_xlabel("supervision step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def lprm_by_step(step_values: np.ndarray, final_correct: np.ndarray, ax=None,
+                 title="LPRM value along trajectories"):
+    """``step_values`` ``[S, T]`` LPRM value of T trajectories after each step, split by whether
+    the trajectory's final answer is correct (mean and interquartile band)."""
+    fig, ax = _axes(ax)
+    steps = np.arange(1, step_values.shape[0] + 1)
+    for ok, label, color in ((True, "final answer correct", "tab:green"),
+                             (False, "final answer wrong", "tab:red")):
+        v = step_values[:, final_correct == ok]
+        if v.shape[1] == 0:
+            continue
+        ax.plot(steps, v.mean(1), color=color, marker="o", label=f"{label} ({v.shape[1]})")
+        ax.fill_between(steps, np.percentile(v, 25, axis=1), np.percentile(v, 75, axis=1),
+                        color=color, alpha=0.2)
+    ax.set_xlabel("supervision step")
+    ax.set_ylabel("LPRM value v(z)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def boards(task, answers, inputs=None, ok=None, cols: int = 5, title=None):
+    """A grid of decoded boards (N-Queens / Sudoku as images, others as text); boards whose
+    ``ok`` is False get a red frame, and for Sudoku the cells that break a rule are shaded."""
+    answers = np.asarray(answers)
+    rows = int(np.ceil(len(answers) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.9 * rows), squeeze=False,
+                             constrained_layout=True)
+    side = int(round(np.sqrt(task.answer_len)))
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(answers):
+            ax.axis("off")
+            continue
+        grid = answers[i].reshape(side, side) if side * side == task.answer_len else None
+        if grid is None:
+            ax.text(0.5, 0.5, task.format_answer(answers[i]), ha="center", va="center", fontsize=6)
+        elif task.name.startswith("nqueens"):
+            ax.imshow((np.indices((side, side)).sum(0) % 2) * 0.15, cmap="Greys", vmin=0, vmax=1)
+            qr, qc = np.nonzero(grid == 1)
+            ax.scatter(qc, qr, marker="*", s=900 / side, color="black")
+            if inputs is not None:
+                gr, gc = np.nonzero(np.asarray(inputs[i]).reshape(side, side) == 1)
+                ax.scatter(gc, gr, marker="o", s=1400 / side, facecolors="none", edgecolors="tab:blue")
+        else:
+            bad = _sudoku_bad_cells(grid + 1)
+            ax.imshow(bad, cmap="Reds", vmin=0, vmax=2)
+            for r in range(side):
+                for c in range(side):
+                    ax.text(c, r, str(grid[r, c] + 1), ha="center", va="center", fontsize=60 / side)
+            box = int(np.sqrt(side))
+            for k in range(0, side + 1, box):
+                ax.axhline(k - 0.5, color="black", lw=1)
+                ax.axvline(k - 0.5, color="black", lw=1)
+        if ok is not None and not ok[i]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2.5)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _sudoku_bad_cells(grid: np.ndarray) -> np.ndarray:
+    """1 where a digit repeats in its row, column or box."""
+    n = grid.shape[0]
+    b = int(np.sqrt(n))
+    bad = np.zeros_like(grid, dtype=float)
+    for r in range(n):
+        for c in range(n):
+            d = grid[r, c]
+            br, bc = r - r % b, c - c % b
+            box = grid[br:br + b, bc:bc + b]
+            if (grid[r] == d).sum() > 1 or (grid[:, c] == d).sum() > 1 or (box == d).sum() > 1:
+                bad[r, c] = 1.0
+    return bad
