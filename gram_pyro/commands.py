@@ -65,8 +65,8 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("run_dir")
     p.add_argument("--particles", type=int_at_least(1), default=100)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--limit", type=int_at_least(1), default=100,
-                   help="a seeded random subset of N (input, answer) pairs (default 100)")
+    p.add_argument("--limit", type=int_at_least(1), default=50,
+                   help="a seeded random subset of N (input, answer) pairs (default 50)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--json", action="store_true")
 

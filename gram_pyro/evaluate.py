@@ -17,14 +17,14 @@ import torch
 from gram_pyro import metrics
 from gram_pyro.checkpoint import load_run, run_data
 from gram_pyro.errors import UserError
-from gram_pyro.inference import Trajectories, prior_rollouts
+from gram_pyro.inference import DEFAULT_CHUNK, Trajectories, prior_rollouts
 from gram_pyro.select import METHODS, select
 from gram_pyro.train import programs, resolve_device
 
 
 def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: int | None = None,
                  act: bool = False, limit: int | None = None, seed: int = 0, select_method: str = "lprm",
-                 chunk_size: int = 8192, device: str = "cpu"):
+                 chunk_size: int | None = None, device: str = "cpu"):
     """Prior rollouts of a run on a split. Returns ``(report, trajectories, split, task,
     selected)``; with ``select_method="smc"`` the SMC particles replace the independent samples
     in the trajectories handed back (the report has both)."""
@@ -35,7 +35,7 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
-                              record=True, chunk_size=chunk_size, device=device)
+                              record=True, chunk_size=chunk_size or DEFAULT_CHUNK, device=device)
     report = summarize(task, cfg, part, traj, split=split, act=act)
     if select_method == "smc":
         from gram_pyro.smc import lprm_smc

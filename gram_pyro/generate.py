@@ -26,7 +26,7 @@ from gram_pyro.train import programs
 
 
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
-             chunk_size: int = 8192):
+             chunk_size: int = 512):
     """``(report, boards [n, A], valid [n])`` for an unconditional run."""
     task, cfg, net = load_run(run_dir)
     if not task.unconditional:

@@ -39,7 +39,7 @@ def _freeze(halted, new, old):
     return torch.where(mask, old, new)
 
 
-DEFAULT_CHUNK = 8192  # trajectories per batched pass; memory grows linearly with it
+DEFAULT_CHUNK = 512  # trajectories per batched pass: larger passes thrash memory on CPU
 
 
 @torch.no_grad()

@@ -28,6 +28,9 @@ from pyro.poutine.util import prune_subsample_sites
 from gram_pyro.elbo import GramELBO
 
 
+TRAJECTORIES_PER_PASS = 512
+
+
 @dataclass
 class Estimate:
     """Per-example figures from K particles, each ``[B]`` numpy: ``iwae`` (IWAE_K in nats),
@@ -79,12 +82,15 @@ def log_weights(model, guide, x, y, num_particles: int, **kwargs):
     return log_w.float(), elbo.float()
 
 
-def estimate(model, guide, x, y, num_particles: int, chunk: int = 256, make_kwargs=dict) -> Estimate:
+def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
+             make_kwargs=dict) -> Estimate:
     """IWAE_K, its standard error and ESS, and the ELBO, per example of ``x`` ``[B, ...]``.
 
-    Particles go ``chunk`` at a time; ``make_kwargs()`` gives fresh extra arguments for each
-    chunk's model/guide pair (GRAM passes a new :class:`SharedRecursion`)."""
+    Particles go ``chunk`` at a time (default: about 512 trajectories per pass; much larger
+    passes thrash memory on CPU); ``make_kwargs()`` gives fresh extra arguments for each chunk's
+    model/guide pair (GRAM passes a new :class:`SharedRecursion`)."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)  # integer tokens stay int64
+    chunk = chunk or max(1, TRAJECTORIES_PER_PASS // x.shape[0])
     lws, elbos = [], []
     for done in range(0, num_particles, chunk):
         lw, elbo = log_weights(model, guide, x, y, min(chunk, num_particles - done), **make_kwargs())
@@ -102,8 +108,8 @@ def estimate(model, guide, x, y, num_particles: int, chunk: int = 256, make_kwar
     return Estimate(iwae.numpy(), se.numpy(), ess.numpy(), elbo.mean(0).numpy(), lw)
 
 
-def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 100,
-               chunk: int = 128, seed: int = 0, device: str = "cpu") -> dict:
+def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 50,
+               chunk: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
     """``gram loglik``: the full ELBO and IWAE_k (k = 1, 10, 100, 1000 up to ``particles``) of
     a run on the (input, completion) pairs of a split, in nats per example and bits per answer
     token. The LPRM factor is never applied here: these bound log p(y | x) of the model itself
