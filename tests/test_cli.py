@@ -95,3 +95,13 @@ def test_train_refuses_to_overwrite_and_bad_overrides(tiny_run, tmp_path):
                                "--set", "d_model=big"), "d_model takes a int")
     assert_one_line_error(gram("train", "--task", "nqueens-5", "--out", str(tmp_path / "x"),
                                "--set", "objective=magic"), "objective must be one of")
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's first command, with a tiny budget: trains both models, prints the table."""
+    r = gram("demo", "--out", str(tmp_path / "demo"), "--minutes", "0.02", "--limit", "5",
+             "--samples", "3")
+    assert r.returncode == 0, r.stderr
+    assert "GRAM" in r.stdout and "deterministic" in r.stdout and "cov@3 micro" in r.stdout
+    r = gram("demo", "--out", str(tmp_path / "demo"), "--limit", "5", "--samples", "3")
+    assert r.returncode == 0 and "reusing the trained run" in r.stdout
