@@ -43,7 +43,8 @@ def timed(fn, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[1, 4, 16, 32, 64])
-    p.add_argument("--inputs", type=int, default=4, help="puzzles per pass")
+    p.add_argument("--inputs", type=int, default=1,
+                   help="puzzles per pass (1: a single pass is exactly one trajectory)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
