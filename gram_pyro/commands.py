@@ -79,13 +79,6 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
                    help="held-out inputs to evaluate, a seeded random subset (default 300 of 772)")
 
 
-def _not_built(name: str):
-    def handler(args):
-        raise UserError(f"`gram {name}` is wired but not built yet; it arrives with the model "
-                        "(see the open issues)")
-    return handler
-
-
 def cmd_train(args) -> dict:
     from gram_pyro.cli import data_options
     from gram_pyro.config import make_config
@@ -145,13 +138,12 @@ def cmd_generate(args) -> dict:
 
     from gram_pyro import plots
     from gram_pyro.generate import format_generation, generate, make_puzzle
+    from gram_pyro.tasks import get_task
 
     if args.n > MAX_GENERATE:
         raise UserError(f"-n {args.n} is more than {MAX_GENERATE} boards in one call")
-    report, boards, valid = generate(args.run_dir, args.n, seed=args.seed,
-                                     max_steps=args.max_steps, act=args.act)
-    from gram_pyro.checkpoint import load_run
-    task = load_run(args.run_dir)[0]
+    report, boards, valid, task = generate(args.run_dir, args.n, seed=args.seed,
+                                           max_steps=args.max_steps, act=args.act)
     if args.dump:
         try:
             with open(args.dump, "w") as f:
@@ -164,10 +156,11 @@ def cmd_generate(args) -> dict:
     report["plot"] = str(plots.save(fig, Path(args.run_dir) / "generated.png"))
     if args.puzzles:
         rng = np.random.default_rng(args.seed)
+        conditional = get_task(task.name)  # puzzles are inputs of the conditional task
         report["puzzles"] = []
         for b in boards[valid][: args.n]:
             p = make_puzzle(task.name, b, rng)
-            report["puzzles"].append({"puzzle": get_conditional(task).format_input(p),
+            report["puzzles"].append({"puzzle": conditional.format_input(p),
                                       "solution": task.format_answer(b),
                                       "givens": int((p > 0).sum())})
     if args.json:
@@ -179,11 +172,6 @@ def cmd_generate(args) -> dict:
         print(f"\npuzzle ({item['givens']} givens, unique solution): {item['puzzle']}\n"
               f"solution: {item['solution']}")
     return report
-
-
-def get_conditional(task):
-    from gram_pyro.tasks import get_task
-    return get_task(task.name)
 
 
 def cmd_loglik(args) -> dict:

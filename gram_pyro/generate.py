@@ -27,7 +27,7 @@ from gram_pyro.train import programs
 
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
              chunk_size: int = 512):
-    """``(report, boards [n, A], valid [n])`` for an unconditional run."""
+    """``(report, boards [n, A], valid [n], task)`` for an unconditional run."""
     task, cfg, net = load_run(run_dir)
     if not task.unconditional:
         raise UserError(f"{run_dir} is a conditional run; `gram generate` needs one trained "
@@ -44,7 +44,7 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
               **stats, "mean_steps": float(traj.steps.mean()), "seconds": seconds,
               "boards_per_second": n / seconds}
-    return report, boards, task.is_valid(boards)
+    return report, boards, task.is_valid(boards), task
 
 
 def givens_of(task, board: np.ndarray) -> np.ndarray:
