@@ -74,7 +74,8 @@ def build_net(task, cfg: Config) -> GramNet:
                    answer_offset=task.answer_offset, d_model=cfg.d_model,
                    n_layers=cfg.n_layers, block=cfg.block, n_heads=cfg.n_heads,
                    expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
-                   sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma)
+                   sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
+                   critic_layers=cfg.critic_layers)
 
 
 def run_data(task, cfg: Config, progress: bool = False):

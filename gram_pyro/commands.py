@@ -6,10 +6,18 @@ that ``cli.py`` stays a dispatcher.
 
 from __future__ import annotations
 
+import argparse
+
 from gram_pyro.errors import UserError
 
 MAX_SAMPLES = 100_000  # per puzzle; rollouts are chunked, but the answers are kept in memory
 MAX_GENERATE = 1_000_000
+
+
+def add_act(p):
+    p.add_argument("--act", action=argparse.BooleanOptionalAction, default=True,
+                   help="halt each trajectory on its own when sigmoid(q_halt) > 0.5 (the default); "
+                        "--no-act always runs the whole --max-steps budget")
 
 
 def add_subcommands(sub, add_task_args, int_at_least) -> None:
@@ -34,7 +42,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--select", choices=["vote", "lprm", "smc"], default="lprm")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--max-steps", type=int_at_least(1), help="supervision-step budget")
-    p.add_argument("--act", action="store_true", help="halt each trajectory by ACT")
+    add_act(p)
     p.add_argument("--limit", type=int_at_least(1), help="evaluate a seeded random subset of N inputs")
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -46,7 +54,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--puzzle", required=True, help="the puzzle in the task's text format")
     p.add_argument("-n", type=int_at_least(1), default=20)
     p.add_argument("--max-steps", type=int_at_least(1))
-    p.add_argument("--act", action="store_true")
+    add_act(p)
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--json", action="store_true")
 
@@ -55,7 +63,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("-n", type=int_at_least(1), default=100)
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--max-steps", type=int_at_least(1))
-    p.add_argument("--act", action="store_true")
+    add_act(p)
     p.add_argument("--puzzles", action="store_true",
                    help="turn valid samples into puzzles with a unique solution")
     p.add_argument("--json", action="store_true")

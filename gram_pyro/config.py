@@ -22,7 +22,8 @@ class Config:
         ``data_options`` (the task's dataset options, e.g. ``{"csv": PATH}`` for sudoku-9).
     Model: ``d_model`` (D), ``n_layers`` blocks per f, ``block`` ("mixer"/"attention"),
         ``n_heads``, ``expansion`` (SwiGLU width factor), ``share_core`` (f_low = f_high),
-        ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``.
+        ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``, ``critic_layers`` (blocks of the
+        critic that the ACT and LPRM heads read the state through; 0: linear probes).
     Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup).
     Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
@@ -51,6 +52,7 @@ class Config:
     n_prefix: int = 1
     sigma_floor: float = 1e-3
     init_sigma: float = 1.0
+    critic_layers: int = 1
     # recursion
     k_low: int = 2
     t_high: int = 2
@@ -101,6 +103,8 @@ class Config:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.kl_balance <= 1 or not 0 <= self.ema < 1:
             raise UserError("kl_balance must lie in [0, 1] and ema in [0, 1)")
+        if self.critic_layers < 0:
+            raise UserError(f"critic_layers must be >= 0, got {self.critic_layers}")
         if self.beta < 0 or self.lr <= 0 or self.sigma_floor <= 0:
             raise UserError("beta must be >= 0, lr and sigma_floor > 0")
         if self.block == "attention" and self.d_model % (2 * self.n_heads):
@@ -117,6 +121,7 @@ class Config:
         if unknown:
             raise UserError(f"unknown config field {sorted(unknown)[0]!r}")
         d = dict(d)
+        d.setdefault("critic_layers", 0)  # runs saved before the critic existed had linear heads
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)

@@ -12,7 +12,10 @@ Choices the paper leaves open, made here:
     - sigma = softplus(raw) + sigma_floor (a floor keeps log-densities finite);
     - y enters q through a learned target embedding added to u_t at the answer positions;
     - f_low and f_high share weights by default (TRM found sharing better);
-    - one learned prefix token (P = 1) carries the ACT halt and LPRM value heads ("token 0").
+    - one learned prefix token (P = 1) carries the ACT halt and LPRM value heads ("token 0");
+    - those heads read the state through a critic of their own (``critic_layers`` blocks over a
+      detached copy of h), so judging a trajectory never pulls on the reasoning trunk, and the
+      judge can look at the whole board rather than one linear probe of token 0.
 Blocks are post-norm (RMSNorm after each residual add), which keeps the state bounded under
 recursion.
 """
@@ -152,11 +155,13 @@ class GramNet(nn.Module):
         d_model: D. n_layers: blocks per f. block: "mixer" or "attention".
         share_core: f_low and f_high share weights.
         n_prefix: P learned prefix tokens; heads read token 0.
+        critic_layers: blocks of the critic the ACT and LPRM heads read through (0: the heads are
+            linear probes of token 0 of h itself).
     """
 
     def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
                  d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
-                 share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0):
+                 share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1):
         super().__init__()
         self.seq_len, self.n_prefix = seq_len, n_prefix
         self.answer_len, self.answer_vocab = answer_len, answer_vocab
@@ -170,6 +175,8 @@ class GramNet(nn.Module):
         self.posterior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
         self.target_embed = nn.Embedding(answer_vocab, d_model)
         self.decoder = nn.Linear(d_model, answer_vocab)
+        self.critic = RecursiveNet(total, d_model, critic_layers, expansion, block, n_heads) \
+            if critic_layers else None
         self.halt_head = nn.Linear(d_model, 1)
         self.lprm_head = nn.Linear(d_model, 1)
         # z_0: drawn once at construction, stored with the model, never trained
@@ -205,9 +212,22 @@ class GramNet(nn.Module):
         """Answer logits ``[..., answer_len, answer_vocab]``."""
         return self.decoder(h[..., self.answer_start:self.answer_start + self.answer_len, :])
 
+    def judge(self, h) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ACT halt logit, LPRM value)`` of states ``h`` ``[..., P + L, D]``, each ``[...]``.
+
+        The value is the predicted probability that the trajectory's final answer is correct.
+        Gradients reach the critic and the heads only: h is detached first.
+        """
+        feature = h.detach()
+        if self.critic is not None:
+            feature = self.critic(feature)
+        feature = feature[..., 0, :]
+        return (self.halt_head(feature).squeeze(-1),
+                torch.sigmoid(self.lprm_head(feature).squeeze(-1)))
+
     def halt_logit(self, h):
-        return self.halt_head(h[..., 0, :]).squeeze(-1)
+        return self.judge(h)[0]
 
     def value(self, h):
         """LPRM: predicted final accuracy of the trajectory, in [0, 1]."""
-        return torch.sigmoid(self.lprm_head(h[..., 0, :]).squeeze(-1))
+        return self.judge(h)[1]

@@ -6,7 +6,7 @@ the previous step's final posterior state, detached (truncated backpropagation: 
 grow with depth).
 
 Beside the posterior chain runs a *prior* chain (no access to y, no gradient into the trunk).
-The ACT halt head and the LPRM value head are fitted on it, because on posterior rollouts
+The critic with its ACT halt and LPRM value heads is fitted on it, because on posterior rollouts
 every answer looks correct:
     ACT:  BCE(q_halt(h_n), 1[answer after step n is correct])
     LPRM: (v(h_n) - r)^2, r = 1[the chain's final answer is correct]
@@ -197,25 +197,28 @@ class Trainer:
         cfg, net = self.cfg, self.net
         x, y = self.sample_batch()
         post_state = prior_state = None
-        value_features, logs = [], []
+        prior_states, logs = [], []
         for n in range(cfg.n_supervision):
             shared = SharedRecursion()
             terms = next(self.elbo.particle_terms(self.model, self.guide, x, y, steps=[n],
-                                                  state=post_state, shared=shared, rules=self.rules))
+                                                  state=post_state, shared=shared, rules=self.rules,
+                                                  heads=False))
             loss = -terms["surrogate"].mean()
-            # the prior chain: no y, no gradient into the trunk; only the heads learn from it
+            # the prior chain: no y, no gradient into the trunk; only the critic and heads learn
             with torch.no_grad():
-                prior = self.model(x, steps=[n], state=prior_state)
-            feature = prior.h[..., 0, :].detach()
+                prior = self.model(x, steps=[n], state=prior_state, heads=False)
             answer_ok = self.correct(x, prior.logits)
-            act_loss = F.binary_cross_entropy_with_logits(net.halt_head(feature).squeeze(-1), answer_ok)
-            loss = loss + cfg.act_weight * act_loss
-            value_features.append(feature)
-            lprm_loss = torch.zeros(())
-            if n == cfg.n_supervision - 1:
-                values = net.value(torch.stack(value_features).unsqueeze(-2))
+            prior_states.append(prior.h)
+            if n < cfg.n_supervision - 1:
+                halt_logit, _ = net.judge(prior.h)
+                lprm_loss = torch.zeros(())
+            else:  # the value of every step's state is judged against the final answer
+                halt_logits, values = net.judge(torch.stack(prior_states))
+                halt_logit = halt_logits[-1]
                 lprm_loss = ((values - answer_ok) ** 2).mean()
                 loss = loss + cfg.lprm_weight * lprm_loss
+            act_loss = F.binary_cross_entropy_with_logits(halt_logit, answer_ok)
+            loss = loss + cfg.act_weight * act_loss
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_at(self.step)
             self.opt.zero_grad(set_to_none=True)

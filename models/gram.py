@@ -98,10 +98,12 @@ class GramModel(RecursionProgram):
             ``log v_N``); used by SMC. The program then no longer defines p(y | x).
         lprm_prev: ``log v`` of the state the call starts from (when stepping a trajectory one
             supervision step per call), so the factors still telescope across calls.
+        heads: evaluate the ACT and LPRM heads after each supervision step (training turns this
+            off: it fits the heads on a detached prior chain of its own).
     """
 
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False, lprm_prev=None):
+                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True):
         net = self.net
         steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
         origin = h
@@ -122,8 +124,10 @@ class GramModel(RecursionProgram):
                                       infer={"kl": rule.kl})
                     h = u + (eps if rule.trunk_grad else eps.detach())
                     origin = eps
-                out.halt_logits.append(net.halt_logit(h))
-                value = net.value(h)
+                if not (heads or lprm_guidance):
+                    continue
+                halt_logit, value = net.judge(h)
+                out.halt_logits.append(halt_logit)
                 out.values.append(value)
                 if lprm_guidance:
                     log_v = value.clamp_min(1e-6).log()
