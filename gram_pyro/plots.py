@@ -110,7 +110,9 @@ def boards(task, answers, inputs=None, ok=None, cols: int = 5, title=None):
                 ax.scatter(gc, gr, marker="o", s=1400 / side, facecolors="none", edgecolors="tab:blue")
         else:
             bad = _sudoku_bad_cells(grid + 1)
-            ax.imshow(bad, cmap="Reds", vmin=0, vmax=2)
+            ax.imshow(np.ma.masked_equal(bad, 0), cmap="Reds", vmin=0, vmax=2)  # clean cells white
+            ax.set_xlim(-0.5, side - 0.5)
+            ax.set_ylim(side - 0.5, -0.5)
             for r in range(side):
                 for c in range(side):
                     ax.text(c, r, str(grid[r, c] + 1), ha="center", va="center", fontsize=60 / side)
