@@ -62,6 +62,11 @@ def test_evaluate_and_sample_run(tiny_run):
     import json
     report = json.loads(r.stdout)
     assert report["inputs"] == 5 and report["samples"] == 3
+    assert report["act"] is True and 1 <= report["mean_steps"] <= 2  # ACT is the default
+    r = gram("evaluate", str(tiny_run), "--samples", "3", "--limit", "5", "--json", "--no-act",
+             "--max-steps", "3")
+    report = json.loads(r.stdout)
+    assert report["act"] is False and report["mean_steps"] == 3  # the whole budget, always
     r = gram("sample", str(tiny_run), "--puzzle", "Q" + "." * 24, "-n", "4")
     assert r.returncode == 0, r.stderr
     assert "4 samples" in r.stdout
