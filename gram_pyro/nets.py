@@ -18,6 +18,10 @@ Choices the paper leaves open, made here:
       judge can look at the whole board rather than one linear probe of token 0.
 Blocks are post-norm (RMSNorm after each residual add), which keeps the state bounded under
 recursion.
+
+Precision: under bfloat16 autocast (``--precision bf16``) the blocks run in bfloat16, but every
+piece that parameterizes a distribution (the Gaussian heads, the decoder logits, the ACT and LPRM
+heads) runs in float32 (:func:`float32`), so log-densities, KLs and log-sum-exps stay float32.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def float32(x: torch.Tensor):
+    """Autocast off on ``x``'s device: the context in which the probabilistic heads run."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 class SwiGLU(nn.Module):
@@ -144,7 +153,9 @@ class GaussianHead(nn.Module):
         self.sigma_bias = nn.Parameter(torch.full((d_model,), math.log(math.expm1(init_sigma))))
 
     def forward(self, u):
-        return self.mu(u), F.softplus(self.raw_sigma(u) + self.sigma_bias) + self.sigma_floor
+        with float32(u):  # float32 even under bf16 autocast
+            u = u.float()
+            return self.mu(u), F.softplus(self.raw_sigma(u) + self.sigma_bias) + self.sigma_floor
 
 
 class GramNet(nn.Module):
@@ -209,8 +220,10 @@ class GramNet(nn.Module):
         return self.posterior_head(u + emb)
 
     def decode(self, h):
-        """Answer logits ``[..., answer_len, answer_vocab]``."""
-        return self.decoder(h[..., self.answer_start:self.answer_start + self.answer_len, :])
+        """Answer logits ``[..., answer_len, answer_vocab]`` (float32)."""
+        answer = h[..., self.answer_start:self.answer_start + self.answer_len, :]
+        with float32(answer):
+            return self.decoder(answer.float())
 
     def judge(self, h) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ACT halt logit, LPRM value)`` of states ``h`` ``[..., P + L, D]``, each ``[...]``.
@@ -221,9 +234,10 @@ class GramNet(nn.Module):
         feature = h.detach()
         if self.critic is not None:
             feature = self.critic(feature)
-        feature = feature[..., 0, :]
-        return (self.halt_head(feature).squeeze(-1),
-                torch.sigmoid(self.lprm_head(feature).squeeze(-1)))
+        with float32(feature):
+            feature = feature[..., 0, :].float()
+            return (self.halt_head(feature).squeeze(-1),
+                    torch.sigmoid(self.lprm_head(feature).squeeze(-1)))
 
     def halt_logit(self, h):
         return self.judge(h)[0]
