@@ -21,16 +21,28 @@ def add_act(p):
 
 
 def add_subcommands(sub, add_task_args, int_at_least) -> None:
-    p = sub.add_parser("train", help="train GRAM (or the deterministic baseline) with SVI")
+    p = sub.add_parser(
+        "train", help="train GRAM (or the deterministic baseline) with SVI",
+        description="Train GRAM (or the deterministic baseline) with SVI. Data-parallel on P "
+                    "processes (DistributedDataParallel; NCCL on CUDA, gloo on CPU): "
+                    "`torchrun --nproc_per_node=P -m gram_pyro.cli train ...`. The config's "
+                    "batch_size is the GLOBAL batch: each process takes batch_size / P examples "
+                    "(global batch = per-process batch x P; P must divide it), so a run sees the "
+                    "same examples at every step whatever P is. Only rank 0 prints and writes.")
     add_task_args(p)
     p.add_argument("--out", required=True, help="run folder (checkpoint, config, metrics)")
     p.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--steps", type=int_at_least(1))
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--deterministic", action="store_true", help="noise off: the TRM-like baseline")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="under torchrun, rank r uses cuda:LOCAL_RANK")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: bfloat16 autocast of the networks; the Gaussian heads, decoder, KLs "
+                        "and log-probabilities stay float32 (default fp32)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (repeatable); see gram_pyro/config.py")
+                   help="override a config field (repeatable); see gram_pyro/config.py. "
+                        "batch_size is the global batch over all torchrun processes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="on a non-finite loss or gradient: "
                    "stop with a clear error (default) or skip the batch and count it")
@@ -96,14 +108,22 @@ def cmd_train(args) -> dict:
                       data_options=data_options(args.data) or None,
                       seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
                       deterministic=args.deterministic or None, device=args.device,
-                      on_nan=args.on_nan)
+                      on_nan=args.on_nan, precision=args.precision)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    kind = "deterministic baseline" if trainer.cfg.deterministic else f"GRAM ({trainer.cfg.objective})"
-    n_params = sum(p.numel() for p in trainer.net.parameters())
-    print(f"training {kind} on {trainer.cfg.task}: {n_params / 1e6:.2f}M parameters, "
-          f"{len(trainer.x_train)} training pairs -> {args.out}")
-    result = trainer.fit()
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    main = trainer.group.main  # under torchrun only rank 0 speaks
+    if main:
+        kind = "deterministic baseline" if trainer.cfg.deterministic else \
+            f"GRAM ({trainer.cfg.objective})"
+        n_params = sum(p.numel() for p in trainer.net.parameters())
+        world = trainer.group.world_size
+        ranks = f", {world} processes x {trainer.cfg.batch_size // world} examples per batch" \
+            if world > 1 else ""
+        print(f"training {kind} on {trainer.cfg.task}: {n_params / 1e6:.2f}M parameters, "
+              f"{len(trainer.x_train)} training pairs{ranks} -> {args.out}")
+    result = trainer.fit()  # leaves the process group at the end
+    if main:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in result.items()))
     return result
 
 

@@ -31,6 +31,11 @@ class Config:
     Optimisation: AdamW (``lr``, ``betas``, ``weight_decay``), ``grad_clip`` (global norm),
         ``warmup_steps``, ``lr_schedule`` ("cosine"/"constant"), ``ema`` decay, ``batch_size``,
         ``augment`` (task symmetries), ``steps`` (optimizer steps) and ``max_minutes``.
+        ``batch_size`` is the GLOBAL batch: under torchrun with W processes each rank takes
+        ``batch_size / W`` examples (W must divide it), so global batch = per-rank batch x W and
+        a run sees the same examples at every step whatever W is (:mod:`gram_pyro.distributed`).
+    Precision: ``precision`` "fp32", or "bf16" (bfloat16 autocast of the networks; the Gaussian
+        heads, decoder, KLs and log-probabilities stay float32).
     Logging: ``eval_interval`` (optimizer steps), ``eval_inputs`` (validation inputs per
         evaluation), ``eval_samples`` (prior trajectories per input), ``checkpoint_minutes``,
         ``pyro_validation`` (Pyro validation during training: slower, for debugging and tests).
@@ -80,6 +85,7 @@ class Config:
     augment: bool = True
     steps: int = 20_000
     max_minutes: float = 0.0
+    precision: str = "fp32"  # or "bf16": autocast of the networks, probabilistic heads in float32
     # logging
     eval_interval: int = 400
     eval_inputs: int = 256
@@ -95,6 +101,8 @@ class Config:
             raise UserError(f"block must be 'mixer' or 'attention', got {self.block!r}")
         if self.on_nan not in ("stop", "skip"):
             raise UserError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         for name in ("d_model", "n_layers", "k_low", "t_high", "n_supervision", "batch_size",

@@ -1,0 +1,105 @@
+"""The loss of one supervision step, as an ``nn.Module``: what DistributedDataParallel wraps.
+
+Supervision step n of a training batch (DESIGN §1, :mod:`gram_pyro.train`) computes:
+    ELBO:  the model against the guide for step n, from the posterior chain's state (elbo.py);
+    prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
+    ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;
+    LPRM:  mean over n' of (v(h_n') - r)^2, r = 1[the chain's final prior answer is correct],
+           on the last step only (the LPRM head gets no loss, and no gradient, before it);
+    loss = -surrogate + act_weight * ACT + lprm_weight * LPRM     (each a mean over the batch).
+
+The module's parameters are the net's own Parameter objects, so the optimizer steps
+``net.parameters()`` whether DDP wraps the module or not. Some of them get no gradient on some
+steps (the LPRM head before the last step, the Gaussian heads of the deterministic baseline),
+which is why DDP is built with ``find_unused_parameters=True``.
+
+With ``precision="bf16"`` the model, the guide and the critic run under bfloat16 autocast; the
+heads that parameterize distributions run in float32 inside them (:func:`gram_pyro.nets.float32`),
+and the KLs, log-probabilities and auxiliary losses are computed outside autocast, in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gram_pyro.recursion import SharedRecursion
+
+
+class SupervisionStep(nn.Module):
+    """``forward(x, y, n, post_state, prior_state, prior_states) -> (loss, out)``.
+
+    Args:
+        net: the :class:`~gram_pyro.nets.GramNet`; model, guide: its programs; elbo: a
+            :class:`~gram_pyro.elbo.GramELBO`; rules: the objective's transition rules.
+        task: judges the prior chain's answers. act_weight, lprm_weight: the auxiliary weights.
+        n_supervision: N_sup (the LPRM loss comes on step N_sup - 1). precision: "fp32"/"bf16".
+
+    Call arguments: the batch ``x, y``; the step ``n``; the detached states the posterior and
+    prior chains start from (None: z_0); the prior states of the earlier steps of this batch.
+    ``out`` holds the next states (detached) and the detached per-term values the logs report.
+    """
+
+    def __init__(self, net, model, guide, elbo, rules, task, *, act_weight: float,
+                 lprm_weight: float, n_supervision: int, precision: str = "fp32"):
+        super().__init__()
+        self.net = net
+        self.model, self.guide, self.elbo, self.rules, self.task = model, guide, elbo, rules, task
+        self.act_weight, self.lprm_weight = act_weight, lprm_weight
+        self.n_supervision = n_supervision
+        self.bf16 = precision == "bf16"
+
+    def autocast(self, x):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _under_autocast(self, program):
+        """``program`` run under autocast, so that the ELBO's terms are computed outside it."""
+        if not self.bf16:
+            return program
+
+        def run(x, *args, **kwargs):
+            with self.autocast(x):
+                return program(x, *args, **kwargs)
+        return run
+
+    def correct(self, x, logits) -> torch.Tensor:
+        answers = logits.argmax(-1).cpu().numpy()
+        ok = self.task.is_correct(x.cpu().numpy(), answers)
+        return torch.as_tensor(ok, dtype=torch.float32, device=x.device)
+
+    def forward(self, x, y, n: int, post_state=None, prior_state=None, prior_states=()):
+        net, last = self.net, n == self.n_supervision - 1
+        shared = SharedRecursion()
+        # the elbo is looked up on every call: tests swap its particle_terms to inject NaNs
+        terms = next(self.elbo.particle_terms(
+            self._under_autocast(self.model), self._under_autocast(self.guide), x, y,
+            steps=[n], state=post_state, shared=shared, rules=self.rules, heads=False))
+        loss = -terms["surrogate"].mean()
+        # the prior chain: no y, no gradient into the trunk; only the critic and heads learn
+        with torch.no_grad(), self.autocast(x):
+            prior = self.model(x, steps=[n], state=prior_state, heads=False)
+        answer_ok = self.correct(x, prior.logits)
+        with self.autocast(x):
+            if last:  # the value of every step's state is judged against the final answer
+                halt_logits, values = net.judge(torch.stack([*prior_states, prior.h]))
+                halt_logit = halt_logits[-1]
+            else:
+                halt_logit, _ = net.judge(prior.h)
+        lprm_loss = ((values - answer_ok) ** 2).mean() if last else torch.zeros((), device=x.device)
+        if last:
+            loss = loss + self.lprm_weight * lprm_loss
+        act_loss = F.binary_cross_entropy_with_logits(halt_logit, answer_ok)
+        loss = loss + self.act_weight * act_loss
+
+        post_state = tuple(s.detach() for s in shared.final_state)
+        with torch.no_grad():
+            post_ok = self.correct(x, net.decode(post_state[0])).mean()
+        return loss, {
+            "post_state": post_state, "prior_state": (prior.h, prior.l),
+            "recon": -terms["recon"].mean().detach(),
+            "kl": {k: v.mean() for k, v in terms["kl"].items()},
+            "kl_total": terms["kl_total"].mean(),
+            "act": act_loss.detach(), "lprm": lprm_loss.detach(),
+            "posterior_acc": post_ok, "prior_batch_acc": answer_ok.mean(),
+        }
