@@ -6,6 +6,7 @@ judges PRIOR rollouts: accuracy and coverage@20 on held-out N-Queens inputs, and
 coverage of the 288 grids for unconditional Shidoku (2,000 samples).
 
     python benchmarks/beta.py --minutes 3
+    python benchmarks/beta.py --minutes 4 --tasks sudoku-4
     python benchmarks/beta.py --quick
 """
 
@@ -45,9 +46,12 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tasks", nargs="+", choices=[c[0] for c in CASES], default=None,
+                   help="only these cases (default: all)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    cases, minutes, extra, limit, samples = CASES, args.minutes, [], None, 2000
+    cases = [c for c in CASES if args.tasks is None or c[0] in args.tasks]
+    cases, minutes, extra, limit, samples = cases, args.minutes, [], None, 2000
     if args.quick:
         cases = [("nqueens-6", False, 0.07), ("sudoku-4", True, 0.05)]
         minutes, extra, limit, samples = 0.05, ["d_model=32", "n_layers=1", "eval_inputs=8"], 10, 50
@@ -70,7 +74,7 @@ def main(argv=None):
             f"test split; Shidoku: validity and coverage of the 288 grids over {samples} samples. "
             "One seed: a screening run, not a tuned sweep.\n\n" + "\n".join(lines))
     print(body)
-    write_section("beta", "KL weight beta at CPU scale: the paper's value against 1", body,
+    write_section("beta" + "".join(f"_{c[0]}" for c in cases if args.tasks), "KL weight beta at CPU scale: the paper's value against 1", body,
                   quick=args.quick)
     print(result_line("beta1_at_least_paper_beta", float(better), "1", better))
 

@@ -14,6 +14,16 @@ MAX_SAMPLES = 100_000  # per puzzle; rollouts are chunked, but the answers are k
 MAX_GENERATE = 1_000_000
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def add_act(p):
     p.add_argument("--act", action=argparse.BooleanOptionalAction, default=True,
                    help="halt each trajectory on its own when sigmoid(q_halt) > 0.5 (the default); "
@@ -76,6 +86,9 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--max-steps", type=int_at_least(1))
     add_act(p)
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="scale of the prior's sigma (default 1: the trained model; below 1 trades "
+                        "diversity for validity)")
     p.add_argument("--puzzles", action="store_true",
                    help="turn valid samples into puzzles with a unique solution")
     p.add_argument("--json", action="store_true")
@@ -171,7 +184,8 @@ def cmd_generate(args) -> dict:
     if args.n > MAX_GENERATE:
         raise UserError(f"-n {args.n} is more than {MAX_GENERATE} boards in one call")
     report, boards, valid, task = generate(args.run_dir, args.n, seed=args.seed,
-                                           max_steps=args.max_steps, act=args.act)
+                                           max_steps=args.max_steps, act=args.act,
+                                           temperature=args.temperature)
     if args.dump:
         try:
             with open(args.dump, "w") as f:

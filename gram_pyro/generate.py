@@ -26,7 +26,7 @@ from gram_pyro.train import programs
 
 
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
-             chunk_size: int = 512):
+             chunk_size: int = 512, temperature: float = 1.0):
     """``(report, boards [n, A], valid [n], task)`` for an unconditional run."""
     task, cfg, net = load_run(run_dir)
     if not task.unconditional:
@@ -37,12 +37,13 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
     start = time.perf_counter()
     with torch.no_grad():
         traj = prior_rollouts(model, np.zeros((1, task.seq_len), np.int64), n, max_steps=max_steps,
-                              act=act, chunk_size=chunk_size)
+                              act=act, chunk_size=chunk_size, temperature=temperature)
     seconds = time.perf_counter() - start
     boards = traj.answers[0]
     stats = metrics.generation_stats(task, boards)
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
-              **stats, "mean_steps": float(traj.steps.mean()), "seconds": seconds,
+              **stats, "mean_steps": float(traj.steps.mean()), "temperature": temperature,
+              "seconds": seconds,
               "boards_per_second": n / seconds}
     return report, boards, task.is_valid(boards), task
 
@@ -71,7 +72,8 @@ def make_puzzle(task_name: str, board: np.ndarray, rng: np.random.Generator) -> 
 def format_generation(r: dict) -> str:
     lines = [f"{r['model']} on {r['task']} (unconditional): {r['samples']} samples in "
              f"{r['seconds']:.1f}s ({r['boards_per_second']:.0f} boards/s), mean steps "
-             f"{r['mean_steps']:.2f}",
+             f"{r['mean_steps']:.2f}" + (f", temperature {r['temperature']:g}"
+                                        if r.get("temperature", 1.0) != 1.0 else ""),
              f"  valid: {100 * r['valid']:.2f}%   unique fraction: {100 * r['unique_fraction']:.2f}%   "
              f"distinct valid boards: {r['distinct_valid']}"]
     if "coverage" in r:

@@ -44,13 +44,14 @@ DEFAULT_CHUNK = 512  # trajectories per batched pass: larger passes thrash memor
 
 @torch.no_grad()
 def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | None = None,
-                   act: bool = False, record: bool = False,
+                   act: bool = False, record: bool = False, temperature: float = 1.0,
                    chunk_size: int | None = DEFAULT_CHUNK, device="cpu") -> Trajectories:
     """Sample ``num_samples`` prior trajectories for every row of ``x`` ``[M, L]``.
 
     At most ``chunk_size`` trajectories (inputs x samples) go through one batched pass: inputs
     are taken ``chunk_size // num_samples`` at a time, and when one input's samples alone
     exceed the chunk they are split too. Results are identical in distribution either way.
+    ``temperature`` scales the prior's sigma (1: the trained model).
     """
     x = torch.as_tensor(np.asarray(x), dtype=torch.long)
     max_steps = max_steps or model.n_supervision
@@ -60,7 +61,8 @@ def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | No
     rows = []
     for i in range(0, len(x), inputs_per_chunk):
         xi = x[i:i + inputs_per_chunk].to(device)
-        parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, act, record)
+        parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, act, record,
+                                temperature)
                  for j in range(0, num_samples, per_pass)]
         rows.append(_concat(parts, sample_axis=True))
     return Trajectories(**_concat(rows, sample_axis=False))
@@ -78,7 +80,7 @@ def _concat(parts: list[dict], sample_axis: bool) -> dict:
     return out
 
 
-def _rollout_chunk(model, x, n, max_steps, act, record):
+def _rollout_chunk(model, x, n, max_steps, act, record, temperature=1.0):
     net = model.net
     state = None
     halted = torch.zeros(n, len(x), dtype=torch.bool, device=x.device)
@@ -86,7 +88,7 @@ def _rollout_chunk(model, x, n, max_steps, act, record):
     answers = values = None
     step_answers, step_values = [], []
     for s in range(max_steps):
-        out = model(x, steps=[s], state=state, num_samples=n)
+        out = model(x, steps=[s], state=state, num_samples=n, temperature=temperature)
         new_answers = out.logits.argmax(-1)
         new_values = out.values[-1]
         if state is None:

@@ -23,7 +23,8 @@ class GramGuide(RecursionProgram):
     """
 
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True):
+                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True,
+                 temperature=1.0):
         if y is None:
             raise ValueError("the guide conditions on the answer y; it cannot run without it")
         net = self.net

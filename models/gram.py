@@ -100,10 +100,13 @@ class GramModel(RecursionProgram):
             supervision step per call), so the factors still telescope across calls.
         heads: evaluate the ACT and LPRM heads after each supervision step (training turns this
             off: it fits the heads on a detached prior chain of its own).
+        temperature: scales the prior's sigma (sampling only: 1 is the trained model; below 1
+            trades diversity for validity, as in tempered sampling of flows and VAEs).
     """
 
     def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True):
+                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True,
+                 temperature=1.0):
         net = self.net
         steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
         origin = h
@@ -120,6 +123,8 @@ class GramModel(RecursionProgram):
                         continue
                     with grad_enabled(rule.head_grad or rule.trunk_grad):
                         loc, scale = net.prior(u)
+                    if temperature != 1.0:
+                        scale = scale * temperature
                     eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2),
                                       infer={"kl": rule.kl})
                     h = u + (eps if rule.trunk_grad else eps.detach())

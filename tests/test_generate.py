@@ -60,6 +60,12 @@ def test_generate_cli_on_a_tiny_unconditional_run(tmp_path):
     assert np.isclose(np.mean(valid), report["valid"])
     assert report["space_size"] == len(solutions(6)) == 4
     assert (tmp_path / "u" / "generated.png").exists()
+    r = subprocess.run([*base, "generate", str(run), "-n", "8", "--json", "--temperature", "0.5",
+                        "--no-act", "--max-steps", "3"], capture_output=True, text=True, timeout=300)
+    report = json.loads(r.stdout)
+    assert report["temperature"] == 0.5 and report["mean_steps"] == 3
+    r = subprocess.run([*base, "generate", str(run), "--temperature", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "positive" in r.stderr and "Traceback" not in r.stderr
     # a conditional run is refused with one line
     r = subprocess.run([*base, "generate", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -119,3 +119,16 @@ def test_one_program_serves_p_of_x():
     assert (x == 0).all()
     loss = GramELBO(beta=1.0, kl_balance=None).loss(model, guide, torch.as_tensor(x), torch.as_tensor(y))
     assert np.isfinite(loss)
+
+
+def test_temperature_scales_only_the_prior_sigma():
+    task, cfg, net, model, guide = tiny_programs()
+    x, _ = batch(task, cfg)
+    with torch.no_grad():
+        plain = poutine.trace(model).get_trace(x, steps=[0])
+        cold = poutine.trace(poutine.replay(model, trace=plain)).get_trace(x, steps=[0], temperature=0.25)
+    for t in range(cfg.t_high):
+        site = f"eps_0_{t}"
+        a, b = plain.nodes[site]["fn"].base_dist, cold.nodes[site]["fn"].base_dist
+        assert torch.allclose(b.loc, a.loc)
+        assert torch.allclose(b.scale, 0.25 * a.scale)
