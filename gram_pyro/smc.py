@@ -49,9 +49,23 @@ class SMCResult:
 
 @torch.no_grad()
 def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
-             ess_threshold: float = 0.5) -> SMCResult:
-    """Run LPRM-guided SMC for every input row of ``x`` ``[M, L]``."""
+             ess_threshold: float = 0.5, chunk_size: int = 512) -> SMCResult:
+    """Run LPRM-guided SMC for every input row of ``x`` ``[M, L]``.
+
+    Inputs never share particles, so they run ``max(1, chunk_size // num_particles)`` at a time
+    (the same passes as :func:`gram_pyro.inference.prior_rollouts`, so the two compare at equal
+    compute); the result is the same as one pass over all inputs, in distribution.
+    """
     x = torch.as_tensor(np.asarray(x), dtype=torch.long)
+    per = max(1, chunk_size // num_particles)
+    if len(x) > per:
+        parts = [lprm_smc(model, x[i:i + per], num_particles, max_steps=max_steps,
+                          ess_threshold=ess_threshold, chunk_size=chunk_size)
+                 for i in range(0, len(x), per)]
+        return SMCResult(answers=np.concatenate([p.answers for p in parts]),
+                         values=np.concatenate([p.values for p in parts]),
+                         log_weights=np.concatenate([p.log_weights for p in parts]),
+                         resampled=sum(p.resampled for p in parts), steps=parts[0].steps)
     max_steps = max_steps or model.n_supervision
     n, m = num_particles, x.shape[0]
     log_w = torch.zeros(n, m)
