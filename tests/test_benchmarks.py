@@ -10,7 +10,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
-           "selection", "ddp", "beta"]
+           "selection", "ddp", "beta", "generation"]
 
 
 def test_every_script_is_listed():
