@@ -13,7 +13,12 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
     except Exception:  # an interactive session chose its backend already
         pass
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def _integer_steps(ax):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 def _axes(ax, size=(5, 3.5)):
@@ -38,6 +43,9 @@ def coverage_curve(curves: dict, ax=None, title="Coverage against samples"):
         ax.plot(c["n"], 100 * np.asarray(c["macro"]), marker="s", ls="--", color=line.get_color(),
                 alpha=0.7, label=f"{label} (macro)")
     ax.set_xscale("log", base=2)
+    ns = sorted({n for c in curves.values() for n in c["n"]})
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("samples per input N")
     ax.set_ylabel("coverage (%)")
     ax.set_ylim(0, 102)
@@ -52,6 +60,7 @@ def accuracy_by_step(series: dict, ax=None, title="Accuracy against supervision 
     fig, ax = _axes(ax)
     for label, acc in series.items():
         ax.plot(np.arange(1, len(acc) + 1), 100 * np.asarray(acc), marker="o", label=label)
+    _integer_steps(ax)
     ax.set_xlabel("supervision step")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 102)
@@ -75,6 +84,7 @@ def lprm_by_step(step_values: np.ndarray, final_correct: np.ndarray, ax=None,
         ax.plot(steps, v.mean(1), color=color, marker="o", label=f"{label} ({v.shape[1]})")
         ax.fill_between(steps, np.percentile(v, 25, axis=1), np.percentile(v, 75, axis=1),
                         color=color, alpha=0.2)
+    _integer_steps(ax)
     ax.set_xlabel("supervision step")
     ax.set_ylabel("LPRM value v(z)")
     ax.set_ylim(-0.02, 1.02)
