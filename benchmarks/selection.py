@@ -108,6 +108,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=20, help="N trajectories per input")
     p.add_argument("--limit", type=int, default=None, help="a seeded subset of the test inputs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the RESULTS section (several runs per task)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -124,7 +125,10 @@ def main(argv=None):
     r = measure(args.run, args.samples, args.limit, args.seed)
     body = table(r, args.run)
     print(body)
-    write_section(f"selection_{r['task']}", f"Width at inference: selection and coverage on {r['task']}",
+    tag = f"_{args.tag}" if args.tag else ""
+    write_section(f"selection_{r['task']}{tag}",
+                  f"Width at inference: selection and coverage on {r['task']}"
+                  + (f" ({args.tag})" if args.tag else ""),
                   body, quick=args.quick)
     acc = r["accuracy"]
     met = acc["lprm"] >= acc["vote"] >= acc["first"]
