@@ -24,10 +24,10 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_act(p):
-    p.add_argument("--act", action=argparse.BooleanOptionalAction, default=True,
-                   help="halt each trajectory on its own when sigmoid(q_halt) > 0.5 (the default); "
-                        "--no-act always runs the whole --max-steps budget")
+def add_act(p, default: bool = True):
+    p.add_argument("--act", action=argparse.BooleanOptionalAction, default=default,
+                   help="halt each trajectory on its own when sigmoid(q_halt) > 0.5; --no-act "
+                        f"always runs the whole --max-steps budget (default: {'--act' if default else '--no-act'})")
 
 
 def add_subcommands(sub, add_task_args, int_at_least) -> None:
@@ -85,7 +85,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("-n", type=int_at_least(1), default=100)
     p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--max-steps", type=int_at_least(1))
-    add_act(p)
+    add_act(p, default=False)  # measured: ACT cut Shidoku validity from 81.6% to 70.1%
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scale of the prior's sigma (default 1: the trained model; below 1 trades "
                         "diversity for validity)")
