@@ -88,8 +88,11 @@ def main(argv=None):
                 rows.setdefault(label, []).append(r)
         body = table(task, rows, minutes, args.seeds, gen_samples)
         print(body)
-        write_section(f"quality_cpu_{task}", f"GRAM vs deterministic baseline on CPU: {task}", body,
-                      quick=args.quick)
+        # one section per task and budget: a 15-minute acceptance run and a short multi-seed
+        # table of the same task both stay in RESULTS
+        write_section(f"quality_cpu_{task}_{minutes:g}min",
+                      f"GRAM vs deterministic baseline on CPU: {task}, {minutes:g} minutes per run",
+                      body, quick=args.quick)
         if not task.endswith("-unconditional"):
             gap = (sum(r["coverage_micro"] for r in rows["GRAM"]) -
                    sum(r["coverage_micro"] for r in rows["deterministic"])) / len(args.seeds)
