@@ -28,6 +28,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the RESULTS section (several runs per task)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     from gram_pyro.checkpoint import load_checkpoint
@@ -61,7 +62,9 @@ def main(argv=None):
             "| supervision steps | valid | distinct valid boards | unique fraction | coverage | boards/s |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
     print(body)
-    write_section(f"generation_{task}", f"Unconditional generation: {task}", body, quick=args.quick)
+    tag = f"_{args.tag}" if args.tag else ""
+    write_section(f"generation_{task}{tag}", f"Unconditional generation: {task}"
+                  + (f" ({args.tag})" if args.tag else ""), body, quick=args.quick)
     best = max(reports, key=lambda r: r["valid"])
     valid_goal, cov_goal = GOALS.get(task, (0.95, None))
     met = best["valid"] >= valid_goal and (cov_goal is None or best.get("coverage", 0) >= cov_goal)
