@@ -55,8 +55,11 @@ def command_line() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
-def write_section(name: str, title: str, body: str, *, quick: bool = False) -> None:
-    """Replace the section ``name`` of docs/RESULTS.md (a --quick run writes nothing there)."""
+def write_section(name: str, title: str, body: str, *, quick: bool = False, tag: str = "") -> None:
+    """Replace the section ``name`` of docs/RESULTS.md (a --quick run writes nothing there).
+    A ``tag`` names one of several runs of a script on the same task: it suffixes the section."""
+    if tag:
+        name, title = f"{name}_{tag}", f"{title} ({tag})"
     if quick:
         print(f"(--quick: docs/RESULTS.md section '{name}' left as it was)")
         return

@@ -28,6 +28,18 @@ def train_and_evaluate(name, out: Path, *, task: str, minutes: float, seed: int,
     return report
 
 
+def tiny_run(task: str = "nqueens-6", unconditional: bool = False, eval_inputs: int = 8) -> Path:
+    """A run trained for 20 steps at a tiny size in a fresh temporary folder: what the --quick
+    mode of the scripts that read a trained run (loglik, selection, generation) evaluates."""
+    import tempfile
+
+    run = Path(tempfile.mkdtemp()) / "tiny"
+    cfg = make_config("cpu", ["d_model=32", "n_layers=1", "steps=20", f"eval_inputs={eval_inputs}"],
+                      task=task, unconditional=unconditional or None)
+    Trainer(cfg, run, progress=False).fit()
+    return run
+
+
 def mean_sd(values) -> str:
     v = 100 * np.asarray(values, dtype=float)
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import result_line, write_section  # noqa: E402
+from _runs import tiny_run  # noqa: E402
 
 GOALS = {"sudoku-4": (0.99, 0.95), "nqueens-8": (0.95, None)}
 
@@ -35,13 +35,7 @@ def main(argv=None):
     from gram_pyro.generate import generate
 
     if args.quick:
-        from gram_pyro.config import make_config
-        from gram_pyro.train import Trainer
-
-        args.run = Path(tempfile.mkdtemp()) / "tiny"
-        cfg = make_config("cpu", ["d_model=32", "n_layers=1", "steps=20", "eval_inputs=1"],
-                          task="sudoku-4", unconditional=True)
-        Trainer(cfg, args.run, progress=False).fit()
+        args.run = tiny_run("sudoku-4", unconditional=True, eval_inputs=1)
         args.samples, args.steps = 100, [2, 4]
     if args.run is None:
         p.error("--run is required (or --quick)")
@@ -62,9 +56,8 @@ def main(argv=None):
             "| supervision steps | valid | distinct valid boards | unique fraction | coverage | boards/s |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows))
     print(body)
-    tag = f"_{args.tag}" if args.tag else ""
-    write_section(f"generation_{task}{tag}", f"Unconditional generation: {task}"
-                  + (f" ({args.tag})" if args.tag else ""), body, quick=args.quick)
+    write_section(f"generation_{task}", f"Unconditional generation: {task}", body,
+                  quick=args.quick, tag=args.tag)
     best = max(reports, key=lambda r: r["valid"])
     valid_goal, cov_goal = GOALS.get(task, (0.95, None))
     met = best["valid"] >= valid_goal and (cov_goal is None or best.get("coverage", 0) >= cov_goal)

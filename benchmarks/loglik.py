@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import result_line, write_section  # noqa: E402
+from _runs import tiny_run  # noqa: E402
 from gram_pyro.likelihood import format_loglik, run_loglik  # noqa: E402
 
 
@@ -29,13 +29,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        from gram_pyro.config import make_config
-        from gram_pyro.train import Trainer
-
-        args.run = Path(tempfile.mkdtemp()) / "tiny"
-        cfg = make_config("cpu", ["d_model=32", "n_layers=1", "steps=20", "eval_inputs=8"],
-                          task="nqueens-6")
-        Trainer(cfg, args.run, progress=False).fit()
+        args.run = tiny_run()
         args.particles, args.limit = 100, 10
     if args.run is None:
         p.error("--run is required (or --quick)")

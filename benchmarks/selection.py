@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import result_line, write_section  # noqa: E402
+from _runs import tiny_run  # noqa: E402
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -112,24 +112,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        from gram_pyro.config import make_config
-        from gram_pyro.train import Trainer
-
-        args.run = Path(tempfile.mkdtemp()) / "tiny"
-        cfg = make_config("cpu", ["d_model=32", "n_layers=1", "steps=20", "eval_inputs=8"],
-                          task="nqueens-6")
-        Trainer(cfg, args.run, progress=False).fit()
+        args.run = tiny_run()
         args.samples, args.limit = 8, 10
     if args.run is None:
         p.error("--run is required (or --quick)")
     r = measure(args.run, args.samples, args.limit, args.seed)
     body = table(r, args.run)
     print(body)
-    tag = f"_{args.tag}" if args.tag else ""
-    write_section(f"selection_{r['task']}{tag}",
-                  f"Width at inference: selection and coverage on {r['task']}"
-                  + (f" ({args.tag})" if args.tag else ""),
-                  body, quick=args.quick)
+    write_section(f"selection_{r['task']}", f"Width at inference: selection and coverage on {r['task']}",
+                  body, quick=args.quick, tag=args.tag)
     acc = r["accuracy"]
     met = acc["lprm"] >= acc["vote"] >= acc["first"]
     print(result_line("lprm_minus_vote", acc["lprm"] - acc["vote"], "lprm>=vote>=single", met))
