@@ -239,9 +239,6 @@ class GramNet(nn.Module):
             return (self.halt_head(feature).squeeze(-1),
                     torch.sigmoid(self.lprm_head(feature).squeeze(-1)))
 
-    def halt_logit(self, h):
-        return self.judge(h)[0]
-
     def value(self, h):
         """LPRM: predicted final accuracy of the trajectory, in [0, 1]."""
         return self.judge(h)[1]

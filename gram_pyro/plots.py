@@ -21,6 +21,17 @@ def _integer_steps(ax):
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
+def _finish(fig, ax, xlabel, ylabel, ylim, title):
+    """The labels, limits, grid and legend every line plot here shares; returns the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _axes(ax, size=(5, 3.5)):
     if ax is None:
         fig, ax = plt.subplots(figsize=size, constrained_layout=True)
@@ -46,13 +57,7 @@ def coverage_curve(curves: dict, ax=None, title="Coverage against samples"):
     ns = sorted({n for c in curves.values() for n in c["n"]})
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("samples per input N")
-    ax.set_ylabel("coverage (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    return _finish(fig, ax, "samples per input N", "coverage (%)", (0, 102), title)
 
 
 def accuracy_by_step(series: dict, ax=None, title="Accuracy against supervision steps"):
@@ -61,13 +66,7 @@ def accuracy_by_step(series: dict, ax=None, title="Accuracy against supervision 
     for label, acc in series.items():
         ax.plot(np.arange(1, len(acc) + 1), 100 * np.asarray(acc), marker="o", label=label)
     _integer_steps(ax)
-    ax.set_xlabel("supervision step")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    return _finish(fig, ax, "supervision step", "accuracy (%)", (0, 102), title)
 
 
 def lprm_by_step(step_values: np.ndarray, final_correct: np.ndarray, ax=None,
@@ -85,13 +84,7 @@ def lprm_by_step(step_values: np.ndarray, final_correct: np.ndarray, ax=None,
         ax.fill_between(steps, np.percentile(v, 25, axis=1), np.percentile(v, 75, axis=1),
                         color=color, alpha=0.2)
     _integer_steps(ax)
-    ax.set_xlabel("supervision step")
-    ax.set_ylabel("LPRM value v(z)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    return _finish(fig, ax, "supervision step", "LPRM value v(z)", (-0.02, 1.02), title)
 
 
 def boards(task, answers, inputs=None, ok=None, cols: int = 5, title=None):

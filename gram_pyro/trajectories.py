@@ -39,25 +39,22 @@ def record(model, guide, x, num_samples: int, y=None, steps: int | None = None) 
     x = torch.as_tensor(np.asarray(x), dtype=torch.long)[None]
     yt = None if y is None else torch.as_tensor(np.asarray(y), dtype=torch.long)[None]
     steps = steps or model.n_supervision
-    net = model.net
     elbo = GramELBO(beta=1.0, kl_balance=None)
     state, hs, answers, values, kl = None, [], [], [], {}
     for s in range(steps):
         if yt is None:
             out = model(x, steps=[s], state=state, num_samples=num_samples)
-            h, l = out.h, out.l
         else:
-            shared = SharedRecursion()
-            kw = dict(steps=[s], state=state, num_samples=num_samples, shared=shared)
+            kw = dict(steps=[s], state=state, num_samples=num_samples, shared=SharedRecursion())
             guide_trace = poutine.trace(guide).get_trace(x, yt, **kw)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, yt, **kw)
             terms = elbo.terms(*(poutine.util.prune_subsample_sites(t) for t in (model_trace, guide_trace)))
             kl.update({k: v[:, 0].numpy() for k, v in terms["kl"].items()})
-            h, l = shared.final_state
-        state = (h, l)
-        hs.append(h[:, 0].reshape(num_samples, -1).numpy())
-        answers.append(net.decode(h)[:, 0].argmax(-1).numpy())
-        values.append(net.value(h)[:, 0].numpy())
+            out = model_trace.nodes["_RETURN"]["value"]
+        state = (out.h, out.l)
+        hs.append(out.h[:, 0].reshape(num_samples, -1).numpy())
+        answers.append(out.logits[:, 0].argmax(-1).numpy())
+        values.append(out.values[-1][:, 0].numpy())
     return TrajectoryRecord(np.stack(hs), np.stack(answers), np.stack(values), kl)
 
 
