@@ -8,7 +8,9 @@
 Equal compute: best-of-N, vote and the single sample all read the same N independent prior
 trajectories; SMC runs N particles for the same supervision steps (its resampling is a gather).
 Both passes are timed. The LPRM's ranking quality is reported as the AUC of its final value for
-correct against incorrect trajectories (0.5: no better than chance), and "pass@N" (some sample is
+correct against incorrect trajectories (0.5: no better than chance), pooled over all trajectories
+and within each input (what best-of-N needs: the pooled figure also rewards telling easy inputs
+from hard ones), and "pass@N" (some sample is
 correct) bounds what any selection of the N samples can reach.
 
 Goal (issue #4): LPRM best-of-N >= majority vote >= a single sample.
@@ -27,22 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import result_line, write_section  # noqa: E402
 from _runs import tiny_run  # noqa: E402
-
-
-def auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (ties counted half): P(score of a positive > score of a negative)."""
-    scores, positive = np.asarray(scores, float).ravel(), np.asarray(positive, bool).ravel()
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        ranks[order[start:start + count]] = start + (count + 1) / 2
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def measure(run, samples: int, limit: int | None, seed: int) -> dict:
@@ -74,7 +60,8 @@ def measure(run, samples: int, limit: int | None, seed: int) -> dict:
                                                  select(task, smc.answers, smc.values, "lprm"))
     m, n = traj.answers.shape[:2]
     ok = task.is_correct(np.repeat(part.inputs, n, axis=0), traj.answers.reshape(m * n, -1)).reshape(m, n)
-    report.update(pass_at_n=float(ok.any(1).mean()), lprm_auc=auc(traj.values, ok),
+    report.update(pass_at_n=float(ok.any(1).mean()), lprm_auc=metrics.auc(traj.values, ok),
+                  lprm_within_auc=metrics.within_auc(traj.values, ok),
                   best_of_seconds=best_of_seconds, smc_seconds=smc_seconds,
                   smc_resampling_events=smc.resampled, train_steps=None)
     return report
@@ -97,7 +84,8 @@ def table(r: dict, run) -> str:
             f"({r['completions_per_input']:.2f} valid completions each on average), N = {n} prior "
             f"trajectories per input, {r['mean_steps']:.0f} supervision steps. Sample accuracy "
             f"(all N x inputs trajectories): {100 * r['sample_accuracy']:.1f}%. LPRM AUC (final "
-            f"value, correct vs wrong trajectories): {r['lprm_auc']:.3f}. SMC resampled "
+            f"value, correct vs wrong trajectories): {r['lprm_auc']:.3f} pooled, "
+            f"{r['lprm_within_auc']:.3f} among the trajectories of one input. SMC resampled "
             f"{r['smc_resampling_events']} times (input x step).\n\n" + "\n".join(rows)
             + "\n\nCoverage of each input's valid completions against N:\n\n" + "\n".join(cov))
 

@@ -91,15 +91,19 @@ def config_of(ckpt: dict) -> Config:
 
 
 def load_run(run_dir, ema: bool = True, device: str = "cpu"):
-    """``(task, cfg, net)`` of a trained run, with the EMA weights by default."""
+    """``(task, cfg, net)`` of a trained run, with the EMA weights by default, and on top of them
+    the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one."""
     ckpt = load_checkpoint(run_dir)
     cfg = config_of(ckpt)
     task = get_task(cfg.task, unconditional=cfg.unconditional)
     net = build_net(task, cfg)
-    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    use_ema = ema and ckpt.get("ema") is not None
+    weights = dict(ckpt["ema"] if use_ema else ckpt["model"])
+    if use_ema and isinstance(ckpt.get("critic_fit"), dict):
+        weights.update(ckpt["critic_fit"].get("weights", {}))
     try:
         net.load_state_dict(weights)
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
     net.eval()
     return task, cfg, net.to(device)

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         handler = globals().get(f"cmd_{args.command}")
         if handler is None:
             from gram_pyro import commands
-            handler = getattr(commands, f"cmd_{args.command}")
+            handler = getattr(commands, f"cmd_{args.command.replace('-', '_')}")
         handler(args)
         return 0
     except UserError as e:

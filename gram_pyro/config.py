@@ -28,6 +28,10 @@ class Config:
     Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
         ``lprm_weight``.
+    Critic fit (:mod:`gram_pyro.critic`): after training, the critic is refitted on prior
+        rollouts of the EMA model: ``critic_fit_steps`` optimizer steps (0: off) on
+        ``critic_fit_trajectories`` trajectories of each of up to ``critic_fit_inputs``
+        training inputs. With ``max_minutes`` it takes ``critic_fit_share`` of the budget.
     Optimisation: AdamW (``lr``, ``betas``, ``weight_decay``), ``grad_clip`` (global norm),
         ``warmup_steps``, ``lr_schedule`` ("cosine"/"constant"), ``ema`` decay, ``batch_size``,
         ``augment`` (task symmetries), ``steps`` (optimizer steps) and ``max_minutes``.
@@ -76,6 +80,10 @@ class Config:
     deterministic: bool = False
     act_weight: float = 1.0
     lprm_weight: float = 1.0
+    critic_fit_steps: int = 600
+    critic_fit_inputs: int = 1024
+    critic_fit_trajectories: int = 8
+    critic_fit_share: float = 0.1
     # optimisation
     batch_size: int = 64
     lr: float = 1e-3
@@ -114,6 +122,11 @@ class Config:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.kl_balance <= 1 or not 0 <= self.ema < 1:
             raise UserError("kl_balance must lie in [0, 1] and ema in [0, 1)")
+        if self.critic_fit_steps < 0 or self.critic_fit_inputs < 2 or self.critic_fit_trajectories < 1:
+            raise UserError("critic_fit_steps must be >= 0, critic_fit_inputs >= 2 and "
+                            "critic_fit_trajectories >= 1")
+        if not 0 <= self.critic_fit_share < 1:
+            raise UserError(f"critic_fit_share must lie in [0, 1), got {self.critic_fit_share}")
         if self.critic_layers < 0:
             raise UserError(f"critic_layers must be >= 0, got {self.critic_layers}")
         if self.beta < 0 or self.lr <= 0 or self.sigma_floor <= 0:
@@ -133,6 +146,7 @@ class Config:
             raise UserError(f"unknown config field {sorted(unknown)[0]!r}")
         d = dict(d)
         d.setdefault("critic_layers", 0)  # runs saved before the critic existed had linear heads
+        d.setdefault("critic_fit_steps", 0)  # nor a final critic fit
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)

@@ -97,3 +97,28 @@ def conflicts(task: Task, inputs: np.ndarray, answers: np.ndarray) -> dict | Non
         return None
     c = np.asarray(task.conflicts(np.asarray(inputs), np.asarray(answers)))
     return {"mean": float(c.mean()) if len(c) else float("nan"), "total": int(c.sum())}
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (ties counted half): P(score of a positive > score of a negative)."""
+    scores, positive = np.asarray(scores, float).ravel(), np.asarray(positive, bool).ravel()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        ranks[order[start:start + count]] = start + (count + 1) / 2
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def within_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mean over rows (inputs) of the AUC among that row's trajectories ``[M, N]``, over the rows
+    that have both outcomes: how well the score ranks trajectories of the same input, which is
+    what best-of-N selection needs (the pooled AUC also rewards telling easy inputs from hard)."""
+    per_row = [auc(s, p) for s, p in zip(np.asarray(scores), np.asarray(positive, bool))]
+    per_row = [a for a in per_row if a == a]
+    return float(np.mean(per_row)) if per_row else float("nan")

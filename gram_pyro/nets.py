@@ -226,9 +226,10 @@ class GramNet(nn.Module):
             return self.decoder(answer.float())
 
     def judge(self, h) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ACT halt logit, LPRM value)`` of states ``h`` ``[..., P + L, D]``, each ``[...]``.
+        """``(ACT halt logit, LPRM value logit)`` of states ``h`` ``[..., P + L, D]``, each ``[...]``.
 
-        The value is the predicted probability that the trajectory's final answer is correct.
+        ``sigmoid(value logit)`` is the predicted probability that the trajectory's final answer
+        is correct; both heads are trained by binary cross-entropy on their logits.
         Gradients reach the critic and the heads only: h is detached first.
         """
         feature = h.detach()
@@ -236,9 +237,8 @@ class GramNet(nn.Module):
             feature = self.critic(feature)
         with float32(feature):
             feature = feature[..., 0, :].float()
-            return (self.halt_head(feature).squeeze(-1),
-                    torch.sigmoid(self.lprm_head(feature).squeeze(-1)))
+            return self.halt_head(feature).squeeze(-1), self.lprm_head(feature).squeeze(-1)
 
     def value(self, h):
         """LPRM: predicted final accuracy of the trajectory, in [0, 1]."""
-        return self.judge(h)[1]
+        return torch.sigmoid(self.judge(h)[1])

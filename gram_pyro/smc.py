@@ -77,7 +77,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
         site = trace.nodes[f"lprm_{s}"]
         log_w = log_w + site["fn"].log_prob(site["value"])
         state = (out.h, out.l)
-        prev_log_v = out.values[-1].clamp_min(1e-6).log()
+        prev_log_v = out.log_values[-1]
         logits = out.logits
         if s < max_steps - 1:
             low = ess(log_w) < ess_threshold * n

@@ -4,7 +4,7 @@ Supervision step n of a training batch (DESIGN §1, :mod:`gram_pyro.train`) comp
     ELBO:  the model against the guide for step n, from the posterior chain's state (elbo.py);
     prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
     ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;
-    LPRM:  mean over n' of (v(h_n') - r)^2, r = 1[the chain's final prior answer is correct],
+    LPRM:  mean over n' of BCE(v(h_n'), r), r = 1[the chain's final prior answer is correct],
            on the last step only (the LPRM head gets no loss, and no gradient, before it);
     loss = -surrogate + act_weight * ACT + lprm_weight * LPRM     (each a mean over the batch).
 
@@ -82,11 +82,13 @@ class SupervisionStep(nn.Module):
         answer_ok = self.correct(x, prior.logits)
         with self.autocast(x):
             if last:  # the value of every step's state is judged against the final answer
-                halt_logits, values = net.judge(torch.stack([*prior_states, prior.h]))
+                halt_logits, value_logits = net.judge(torch.stack([*prior_states, prior.h]))
                 halt_logit = halt_logits[-1]
             else:
                 halt_logit, _ = net.judge(prior.h)
-        lprm_loss = ((values - answer_ok) ** 2).mean() if last else torch.zeros((), device=x.device)
+        lprm_loss = (F.binary_cross_entropy_with_logits(
+            value_logits, answer_ok.expand_as(value_logits)) if last
+            else torch.zeros((), device=x.device))
         if last:
             loss = loss + self.lprm_weight * lprm_loss
         act_loss = F.binary_cross_entropy_with_logits(halt_logit, answer_ok)

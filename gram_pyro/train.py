@@ -43,6 +43,7 @@ from gram_pyro import metrics
 from gram_pyro.checkpoint import CHECKPOINT, atomic_save, build_net, check_writable, config_of, \
     load_checkpoint, run_data
 from gram_pyro.config import Config
+from gram_pyro.critic import CRITIC_REPORT, critic_parameters, fit_critic
 from gram_pyro.distributed import EpochSampler, Group, check_batch, rank_seed
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
@@ -168,6 +169,7 @@ class Trainer:
         self.total_steps = cfg.steps
         self.elapsed = 0.0
         self.nan_skips = 0
+        self.critic_fit = None  # the critic fitted on the EMA model at the end (gram_pyro.critic)
         if ckpt is not None:
             self._restore(ckpt)
         else:
@@ -214,6 +216,7 @@ class Trainer:
             "nan_skips": self.nan_skips,
             "sampler": self.sampler.state_dict(),
             "world_size": self.group.world_size,
+            **({"critic_fit": self.critic_fit} if self.critic_fit else {}),
             **ranks[0],  # rank 0's RNG state at the top level, as one-process runs have it
             **({"rank_rng": ranks} if self.group.active else {}),
         }
@@ -234,6 +237,7 @@ class Trainer:
             self.step, self.total_steps = int(ckpt["step"]), int(ckpt["total_steps"])
             self.elapsed = float(ckpt["elapsed"])
             self.nan_skips = int(ckpt.get("nan_skips", 0))
+            self.critic_fit = ckpt.get("critic_fit")
             if "sampler" in ckpt:  # runs saved before the epoch sampler start a fresh epoch
                 self.sampler.load_state_dict(ckpt["sampler"])
             states = ckpt.get("rank_rng") or [ckpt]
@@ -358,7 +362,7 @@ class Trainer:
         last_eval = {}
         consecutive_skips = 0
         while self.step < self.total_steps:
-            if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+            if cfg.max_minutes and self.elapsed >= self.training_seconds():
                 break
             t0 = time.perf_counter()
             before = self.step
@@ -385,12 +389,47 @@ class Trainer:
                 self.save()
                 last_ckpt = time.monotonic()
         bar.close()
+        if main and cfg.critic_fit_steps and self.step and (self.critic_fit or {}).get("step") != self.step:
+            self.fit_critic()
         if main and (window or not last_eval):
             last_eval = self.evaluate()
             with open(log_path, "a") as f:
                 f.write(json.dumps(self._summarize(window) | last_eval) + "\n")
         self.save()
         return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
+
+    def training_seconds(self) -> float:
+        """The share of ``max_minutes`` for the model; the critic fit takes the rest."""
+        share = self.cfg.critic_fit_share if self.cfg.critic_fit_steps else 0.0
+        return self.cfg.max_minutes * 60 * (1 - share)
+
+    def fit_critic(self) -> None:
+        """Refit the EMA model's critic on its own prior rollouts (:mod:`gram_pyro.critic`).
+
+        The fitted critic is kept in the checkpoint beside the training state, which it leaves
+        alone (a forked RNG, the EMA and raw weights untouched), so a resumed run trains on
+        exactly as if the fit had not happened; :func:`~gram_pyro.checkpoint.load_run` puts
+        it on top of the EMA weights. Its report goes to ``critic.json`` in the run folder."""
+        cfg = self.cfg
+        net = copy.deepcopy(self.ema.net)
+        model, _ = programs(net, cfg)
+        seconds = cfg.max_minutes * 60 * cfg.critic_fit_share if cfg.max_minutes else None
+        # distinct training inputs; p(x) has one, the blank board, rolled out once per "input"
+        inputs = np.unique(self.x_train, axis=0)
+        if cfg.unconditional:
+            inputs = np.repeat(inputs[:1], cfg.critic_fit_inputs, axis=0)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            report = fit_critic(
+                model, self.task, inputs, max_inputs=cfg.critic_fit_inputs,
+                trajectories=1 if cfg.deterministic else cfg.critic_fit_trajectories,
+                steps=min(cfg.critic_fit_steps, self.step),  # a short run gets a short fit
+                seconds=seconds, seed=cfg.seed * 1_000_003 + self.step, progress=self.progress,
+                device=self.device)
+        self.elapsed += time.perf_counter() - t0
+        weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(net).items()}
+        self.critic_fit = {"step": self.step, "weights": weights, "report": json.dumps(report)}
+        (self.out / CRITIC_REPORT).write_text(json.dumps({"step": self.step, **report}, indent=1))
 
     def _evaluate_and_log(self, window: list[dict], log_path: Path, bar) -> dict:
         t0 = time.perf_counter()
@@ -412,7 +451,7 @@ class Trainer:
         if self.step < 50:
             return
         per_step = self.elapsed / self.step
-        remaining = max(0.0, self.cfg.max_minutes * 60 - self.elapsed)
+        remaining = max(0.0, self.training_seconds() - self.elapsed)
         self.total_steps = min(self.cfg.steps, self.step + int(remaining / per_step))
         bar.total = self.total_steps
         bar.refresh()

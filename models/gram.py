@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 
 from gram_pyro.recursion import FULL, SharedRecursion, grad_enabled
 
@@ -28,15 +29,19 @@ class Rollout:
     """What a run of the program leaves behind (the program's return value).
 
     h, l: the final latent state. logits: the answer logits at the end.
-    halt_logits, values: per supervision step, the ACT halt logit and the LPRM value of the state
-        after it.
+    halt_logits, log_values: per supervision step, the ACT halt logit and the log LPRM value
+        (``logsigmoid`` of the value logit) of the state after it; ``values`` are their exps.
     """
 
     h: torch.Tensor
     l: torch.Tensor
     logits: torch.Tensor
     halt_logits: list = field(default_factory=list)
-    values: list = field(default_factory=list)
+    log_values: list = field(default_factory=list)
+
+    @property
+    def values(self) -> list:
+        return [v.exp() for v in self.log_values]
 
 
 def plates(batch_size: int, num_samples: int | None):
@@ -131,11 +136,11 @@ class GramModel(RecursionProgram):
                     origin = eps
                 if not (heads or lprm_guidance):
                     continue
-                halt_logit, value = net.judge(h)
+                halt_logit, value_logit = net.judge(h)
+                log_v = F.logsigmoid(value_logit)
                 out.halt_logits.append(halt_logit)
-                out.values.append(value)
+                out.log_values.append(log_v)
                 if lprm_guidance:
-                    log_v = value.clamp_min(1e-6).log()
                     pyro.factor(f"lprm_{n}", log_v if prev_value is None else log_v - prev_value)
                     prev_value = log_v
             out.logits = net.decode(h)

@@ -6,7 +6,8 @@ from gram_pyro.tasks import get_task
 from gram_pyro.train import programs
 
 TINY = ["d_model=32", "n_layers=1", "k_low=1", "t_high=2", "n_supervision=2", "batch_size=16",
-        "eval_interval=4", "eval_inputs=8", "eval_samples=2", "warmup_steps=2", "pyro_validation=true"]
+        "eval_interval=4", "eval_inputs=8", "eval_samples=2", "warmup_steps=2", "pyro_validation=true",
+        "critic_fit_steps=10", "critic_fit_inputs=16"]
 
 
 def tiny_config(task="nqueens-5", extra=(), **fields):

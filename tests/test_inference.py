@@ -47,7 +47,7 @@ class CoinModel:
             log_v = v.log()
             pyro.factor(f"lprm_{s}", log_v if lprm_prev is None else log_v - lprm_prev)
         logits = torch.stack([1 - c, c], -1)[..., None, :] * 10.0
-        return Rollout(c, c, logits, values=[v])
+        return Rollout(c, c, logits, log_values=[log_v])
 
 
 def test_smc_reaches_the_tilted_target():
