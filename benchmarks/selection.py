@@ -71,8 +71,9 @@ def table(r: dict, run) -> str:
     acc, n = r["accuracy"], r["samples"]
     rows = ["| selection (N = %d) | accuracy | wall s |" % n, "|---|---|---|",
             f"| single sample | {100 * acc['first']:.1f}% | |",
-            f"| majority vote | {100 * acc['vote']:.1f}% | {r['best_of_seconds']:.1f} (all three) |",
+            f"| majority vote | {100 * acc['vote']:.1f}% | {r['best_of_seconds']:.1f} (all four) |",
             f"| LPRM best-of-N | {100 * acc['lprm']:.1f}% | |",
+            f"| LPRM-weighted vote | {100 * acc['weighted']:.1f}% | |",
             f"| LPRM-guided SMC, N particles | {100 * acc['smc']:.1f}% | {r['smc_seconds']:.1f} |",
             f"| (pass@N: some sample correct) | {100 * r['pass_at_n']:.1f}% | |"]
     curve = r["coverage_curve"]
@@ -90,6 +91,21 @@ def table(r: dict, run) -> str:
             + "\n\nCoverage of each input's valid completions against N:\n\n" + "\n".join(cov))
 
 
+def critic_note(run) -> str:
+    """What the run's final critic fit reported (critic.json), if it had one."""
+    import json
+
+    path = Path(run) / "critic.json"
+    if not path.is_file():
+        return "\n\nThe run has no critic fit (critic.json): its critic is the jointly trained one."
+    c = json.loads(path.read_text())
+    b, a = c["before"], c["after"]
+    return (f"\n\nCritic fit (`critic.json`): {c['inputs'] - c['heldout_inputs']} training inputs x "
+            f"{c['trajectories']} trajectories, {c['steps']} steps, {c['seconds']:.0f} s. On "
+            f"{c['heldout_inputs']} held-out inputs the LPRM's AUC went from {b['auc']:.3f} to "
+            f"{a['auc']:.3f} (within one input: {b['within_auc']:.3f} to {a['within_auc']:.3f}).")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, help="a trained run folder")
@@ -105,7 +121,7 @@ def main(argv=None):
     if args.run is None:
         p.error("--run is required (or --quick)")
     r = measure(args.run, args.samples, args.limit, args.seed)
-    body = table(r, args.run)
+    body = table(r, args.run) + critic_note(args.run)
     print(body)
     write_section(f"selection_{r['task']}", f"Width at inference: selection and coverage on {r['task']}",
                   body, quick=args.quick, tag=args.tag)

@@ -62,7 +62,10 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p = sub.add_parser("evaluate", help="accuracy and coverage of prior rollouts")
     p.add_argument("run_dir")
     p.add_argument("--samples", type=int_at_least(1), default=20)
-    p.add_argument("--select", choices=["vote", "lprm", "smc"], default="lprm")
+    p.add_argument("--select", choices=["vote", "lprm", "weighted", "smc"], default="lprm",
+                   help="the answer --dump records as selected: majority vote, LPRM best-of-N, "
+                        "LPRM-weighted vote, or LPRM-guided SMC (the table reports every method, and SMC "
+                        "too when it is chosen)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--max-steps", type=int_at_least(1), help="supervision-step budget")
     add_act(p)
@@ -90,6 +93,9 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scale of the prior's sigma (default 1: the trained model; below 1 trades "
                         "diversity for validity)")
+    p.add_argument("--best-of", type=int_at_least(1), default=1, metavar="K",
+                   help="sample K trajectories per board and keep the one the LPRM rates highest "
+                        "(K times the compute; the exact checker plays no part; default 1)")
     p.add_argument("--puzzles", action="store_true",
                    help="turn valid samples into puzzles with a unique solution")
     p.add_argument("--json", action="store_true")
@@ -201,11 +207,12 @@ def cmd_generate(args) -> dict:
     from gram_pyro.generate import format_generation, generate, make_puzzle
     from gram_pyro.tasks import get_task
 
-    if args.n > MAX_GENERATE:
-        raise UserError(f"-n {args.n} is more than {MAX_GENERATE} boards in one call")
+    if args.n * args.best_of > MAX_GENERATE:
+        raise UserError(f"-n {args.n} x --best-of {args.best_of} is more than {MAX_GENERATE} "
+                        "trajectories in one call")
     report, boards, valid, task = generate(args.run_dir, args.n, seed=args.seed,
                                            max_steps=args.max_steps, act=args.act,
-                                           temperature=args.temperature)
+                                           temperature=args.temperature, best_of=args.best_of)
     if args.dump:
         try:
             with open(args.dump, "w") as f:

@@ -10,7 +10,8 @@ So training ends with this fit, and ``gram fit-critic`` runs it on any trained r
 1. roll out N prior trajectories for each of M training inputs with the frozen weights that
    inference uses (the EMA), and keep the state after every supervision step;
 2. label every state: ACT target 1[the answer decoded from this state is correct], LPRM target
-   r = 1[the trajectory's answer after all N_sup steps is correct];
+   r = the task's score of the trajectory's answer after all N_sup steps (``task.score``: 1
+   exactly when it is correct; Sudoku gives partial credit, the share of cells breaking no rule);
 3. fit the critic block and both heads by binary cross-entropy on minibatches of (trajectory,
    step) states, holding out a tenth of the inputs, and keep the parameters with the lowest
    held-out loss.
@@ -46,11 +47,12 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
     """Prior rollouts of ``inputs`` ``[M, L]``, N per input, every step's state kept.
 
     Returns ``states`` ``[M', N, S, P + L, D]``, ``step_ok`` ``[M', N, S]`` (each step's answer
-    correct) and ``final_ok`` ``[M', N]``, for the first M' <= M inputs done by ``deadline``
+    correct), ``final_ok`` ``[M', N]`` and ``final_score`` ``[M', N]`` (``task.score`` of the
+    last answer), for the first M' <= M inputs done by ``deadline``
     (``time.monotonic()``; at least one chunk is always done).
     """
     per = max(1, chunk_size // trajectories)
-    states, step_ok = [], []
+    states, step_ok, scores = [], [], []
     bar = tqdm(total=len(inputs), desc="critic rollouts", disable=not progress, leave=False)
     for i in range(0, len(inputs), per):
         x_np = inputs[i:i + per]
@@ -65,19 +67,25 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
             oks.append(torch.as_tensor(ok, dtype=torch.float32).reshape(len(x_np), trajectories))
         states.append(torch.stack(hs, 2))
         step_ok.append(torch.stack(oks, 2).to(device))
+        score = task.score(np.repeat(x_np, trajectories, axis=0), answers.cpu().numpy())
+        scores.append(torch.as_tensor(score, dtype=torch.float32, device=device)
+                      .reshape(len(x_np), trajectories))
         bar.update(len(x_np))
         if deadline is not None and time.monotonic() > deadline:
             break
     bar.close()
     step_ok = torch.cat(step_ok)
-    return {"states": torch.cat(states), "step_ok": step_ok, "final_ok": step_ok[..., -1]}
+    return {"states": torch.cat(states), "step_ok": step_ok, "final_ok": step_ok[..., -1],
+            "final_score": torch.cat(scores)}
 
 
-def _losses(net, states, step_ok, final_ok, batch: int = 1024):
-    """Mean (LPRM BCE, ACT BCE) over all states, and the final-step values ``[M, N]``."""
+def _losses(net, pool: dict, batch: int = 1024):
+    """Mean (LPRM BCE, ACT BCE) over all states of a pool, and the final-step values ``[M, N]``."""
+    states, step_ok = pool["states"], pool["step_ok"]
     m, n, s = step_ok.shape
     flat = states.reshape(m * n * s, *states.shape[3:])
-    act_t, lprm_t = step_ok.reshape(-1), final_ok[..., None].expand(m, n, s).reshape(-1)
+    act_t = step_ok.reshape(-1)
+    lprm_t = pool["final_score"][..., None].expand(m, n, s).reshape(-1)
     halt, value = [], []
     for i in range(0, len(flat), batch):
         h, v = net.judge(flat[i:i + batch])
@@ -91,8 +99,9 @@ def _losses(net, states, step_ok, final_ok, batch: int = 1024):
 
 @torch.no_grad()
 def score(net, pool: dict) -> dict:
-    """Held-out figures of the critic on a pool: BCEs, and the AUCs of the final LPRM value."""
-    lprm, act, values = _losses(net, pool["states"], pool["step_ok"], pool["final_ok"])
+    """Held-out figures of the critic on a pool: BCEs against its targets, and the AUCs of the
+    final LPRM value for correct against incorrect trajectories."""
+    lprm, act, values = _losses(net, pool)
     ok = pool["final_ok"].cpu().numpy().astype(bool)
     v = values.cpu().numpy()
     return {"lprm_bce": lprm, "act_bce": act, "auc": metrics.auc(v, ok),
@@ -136,8 +145,10 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
     mt, n, s = train["step_ok"].shape
     states = train["states"].reshape(mt * n * s, *train["states"].shape[3:])
     act_t = train["step_ok"].reshape(-1)
-    lprm_t = train["final_ok"][..., None].expand(mt, n, s).reshape(-1)
+    lprm_t = train["final_score"][..., None].expand(mt, n, s).reshape(-1)
     best, best_loss, done = copy.deepcopy(net.state_dict()), float("inf"), 0
+    if n_held:  # the fit never leaves the held-out loss worse than it found it
+        best_loss = before["lprm_bce"] + before["act_bce"]
     deadline = None if seconds is None else start + seconds
     bar = tqdm(total=steps, desc="critic fit", disable=not progress, leave=False)
     with torch.enable_grad():
@@ -153,7 +164,7 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
             last = done == steps or (deadline is not None and time.monotonic() > deadline)
             if n_held and (done % eval_every == 0 or last):
                 with torch.no_grad():
-                    lprm, act, _ = _losses(net, held["states"], held["step_ok"], held["final_ok"])
+                    lprm, act, _ = _losses(net, held)
                 if lprm + act < best_loss:
                     best_loss, best = lprm + act, copy.deepcopy(net.state_dict())
             if last:
@@ -165,7 +176,8 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
         net.load_state_dict(best)
     after = score(net, held) if n_held else None
     return {"inputs": m, "heldout_inputs": n_held, "trajectories": trajectories,
-            "correct_share": float(pool["final_ok"].mean()), "steps": done,
+            "correct_share": float(pool["final_ok"].mean()),
+            "mean_score": float(pool["final_score"].mean()), "steps": done,
             "seconds": round(time.monotonic() - start, 1), "before": before, "after": after}
 
 
@@ -208,7 +220,8 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
 
 def format_report(r: dict) -> str:
     lines = [f"critic fitted on {r['inputs'] - r['heldout_inputs']} inputs x {r['trajectories']} "
-             f"prior trajectories ({100 * r['correct_share']:.1f}% correct), {r['steps']} steps "
+             f"prior trajectories ({100 * r['correct_share']:.1f}% correct, mean score "
+             f"{r['mean_score']:.3f}), {r['steps']} steps "
              f"in {r['seconds']:.0f} s; held out: {r['heldout_inputs']} inputs"]
     if r["before"]:
         lines.append(f"{'':>8} {'LPRM BCE':>9} {'ACT BCE':>8} {'AUC':>6} {'AUC within input':>17}")

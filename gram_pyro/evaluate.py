@@ -126,12 +126,12 @@ def format_report(r: dict) -> str:
         f"samples each, {r['completions_per_input']:.2f} valid completions per input)",
         f"  sample accuracy (all trajectories): {100 * r['sample_accuracy']:.1f}%",
         f"  coverage@{n}: micro {100 * r['coverage_micro']:.1f}%, macro {100 * r['coverage_macro']:.1f}%",
-        "  selection        accuracy",
+        "  selection           accuracy",
     ]
     for method, acc in r["accuracy"].items():
         label = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N",
-                 "smc": "LPRM-guided SMC"}[method]
-        lines.append(f"    {label:<15} {100 * acc:6.1f}%")
+                 "weighted": "LPRM-weighted vote", "smc": "LPRM-guided SMC"}[method]
+        lines.append(f"    {label:<18} {100 * acc:6.1f}%")
     if "smc" in r:
         lines.append(f"    (SMC: same N and steps as best-of-N; {r['smc']['resampling_events']} "
                      f"resampling events; particle coverage {100 * r['smc']['coverage_micro']:.1f}%)")

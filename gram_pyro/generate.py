@@ -26,8 +26,13 @@ from gram_pyro.train import programs
 
 
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
-             chunk_size: int = 512, temperature: float = 1.0):
-    """``(report, boards [n, A], valid [n], task)`` for an unconditional run."""
+             chunk_size: int = 512, temperature: float = 1.0, best_of: int = 1):
+    """``(report, boards [n, A], valid [n], task)`` for an unconditional run.
+
+    ``best_of`` K > 1: every board is the one of K independent trajectories that the LPRM rates
+    highest (its final value), so validity rises as far as the LPRM can tell valid boards from
+    invalid ones, at K times the compute; the exact checker is only used to measure.
+    """
     task, cfg, net = load_run(run_dir)
     if not task.unconditional:
         raise UserError(f"{run_dir} is a conditional run; `gram generate` needs one trained "
@@ -36,13 +41,21 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
     with torch.no_grad():
-        traj = prior_rollouts(model, np.zeros((1, task.seq_len), np.int64), n, max_steps=max_steps,
-                              act=act, chunk_size=chunk_size, temperature=temperature)
+        if best_of == 1:
+            traj = prior_rollouts(model, np.zeros((1, task.seq_len), np.int64), n,
+                                  max_steps=max_steps, act=act, chunk_size=chunk_size,
+                                  temperature=temperature)
+            boards = traj.answers[0]
+        else:  # n blank inputs x K trajectories each, under the same trajectories plate
+            traj = prior_rollouts(model, np.zeros((n, task.seq_len), np.int64), best_of,
+                                  max_steps=max_steps, act=act, chunk_size=chunk_size,
+                                  temperature=temperature)
+            boards = traj.answers[np.arange(n), traj.values.argmax(axis=1)]
     seconds = time.perf_counter() - start
-    boards = traj.answers[0]
     stats = metrics.generation_stats(task, boards)
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
               **stats, "mean_steps": float(traj.steps.mean()), "temperature": temperature,
+              "best_of": best_of,
               "seconds": seconds,
               "boards_per_second": n / seconds}
     return report, boards, task.is_valid(boards), task
@@ -73,7 +86,8 @@ def format_generation(r: dict) -> str:
     lines = [f"{r['model']} on {r['task']} (unconditional): {r['samples']} samples in "
              f"{r['seconds']:.1f}s ({r['boards_per_second']:.0f} boards/s), mean steps "
              f"{r['mean_steps']:.2f}" + (f", temperature {r['temperature']:g}"
-                                        if r.get("temperature", 1.0) != 1.0 else ""),
+                                        if r.get("temperature", 1.0) != 1.0 else "")
+             + (f", LPRM best of {r['best_of']} per board" if r.get("best_of", 1) > 1 else ""),
              f"  valid: {100 * r['valid']:.2f}%   unique fraction: {100 * r['unique_fraction']:.2f}%   "
              f"distinct valid boards: {r['distinct_valid']}"]
     if "coverage" in r:

@@ -4,8 +4,8 @@ Supervision step n of a training batch (DESIGN §1, :mod:`gram_pyro.train`) comp
     ELBO:  the model against the guide for step n, from the posterior chain's state (elbo.py);
     prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
     ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;
-    LPRM:  mean over n' of BCE(v(h_n'), r), r = 1[the chain's final prior answer is correct],
-           on the last step only (the LPRM head gets no loss, and no gradient, before it);
+    LPRM:  mean over n' of BCE(v(h_n'), r), r = task.score of the chain's final prior answer
+           (1 exactly when it is correct; Sudoku gives partial credit), on the last step only (the LPRM head gets no loss, and no gradient, before it);
     loss = -surrogate + act_weight * ACT + lprm_weight * LPRM     (each a mean over the batch).
 
 The module's parameters are the net's own Parameter objects, so the optimizer steps
@@ -80,6 +80,9 @@ class SupervisionStep(nn.Module):
         with torch.no_grad(), self.autocast(x):
             prior = self.model(x, steps=[n], state=prior_state, heads=False)
         answer_ok = self.correct(x, prior.logits)
+        if last:
+            score = self.task.score(x.cpu().numpy(), prior.logits.argmax(-1).cpu().numpy())
+            score = torch.as_tensor(score, dtype=torch.float32, device=x.device)
         with self.autocast(x):
             if last:  # the value of every step's state is judged against the final answer
                 halt_logits, value_logits = net.judge(torch.stack([*prior_states, prior.h]))
@@ -87,7 +90,7 @@ class SupervisionStep(nn.Module):
             else:
                 halt_logit, _ = net.judge(prior.h)
         lprm_loss = (F.binary_cross_entropy_with_logits(
-            value_logits, answer_ok.expand_as(value_logits)) if last
+            value_logits, score.expand_as(value_logits)) if last
             else torch.zeros((), device=x.device))
         if last:
             loss = loss + self.lprm_weight * lprm_loss

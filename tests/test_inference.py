@@ -8,13 +8,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from gram_pyro.checkpoint import build_net
 from gram_pyro.config import make_config
 from gram_pyro.evaluate import evaluate_run, write_dump
 from gram_pyro.inference import prior_rollouts
+from gram_pyro.select import select
 from gram_pyro.smc import ess, lprm_smc, systematic_resample
+from gram_pyro.tasks import get_task
 from gram_pyro.train import Trainer
 from models.gram import Rollout, plates
-from tests.helpers import TINY, tiny_programs
+from tests.helpers import TINY, tiny_config, tiny_programs
 
 
 def test_systematic_resampling_follows_the_weights():
@@ -115,3 +118,39 @@ def test_dump_round_trips_and_an_independent_checker_agrees(tmp_path):
         assert row["selected"] == row["samples"][best]  # lprm selection
     assert np.isclose(correct / (12 * 5), report["sample_accuracy"])
     assert np.isclose(found / total_completions, report["coverage_micro"])
+
+
+def test_weighted_vote_sums_lprm_values_per_answer():
+    task = get_task("nqueens-4")
+    a, b = task.all_objects()  # the two 4-queens solutions
+    c = np.zeros_like(a)
+    answers = np.array([[a, a, a, b, b], [a, a, a, c, b]])
+    values = np.array([[0.1, 0.1, 0.1, 0.9, 0.9], [0.5, 0.5, 0.5, 0.9, 0.2]])
+    vote = select(task, answers, values, "vote")
+    lprm = select(task, answers, values, "lprm")
+    weighted = select(task, answers, values, "weighted")
+    assert (vote[0] == a).all() and (lprm[0] == b).all() and (weighted[0] == b).all()  # 1.8 > 0.3
+    assert (lprm[1] == c).all() and (weighted[1] == a).all()  # 1.5 for a beats 0.9 for c
+
+
+def test_generate_best_of_keeps_the_highest_lprm_trajectory(monkeypatch, tmp_path):
+    import gram_pyro.generate as generate_module
+    from gram_pyro.inference import Trajectories
+
+    task = get_task("nqueens-4", unconditional=True)
+    good, other = task.all_objects()
+    bad = np.zeros_like(good)
+
+    def fake_rollouts(model, x, num_samples, **kw):
+        m = len(x)
+        answers = np.stack([np.stack([bad, good, other][:num_samples])] * m)  # [m, K, A]
+        values = np.tile(np.array([0.9, 0.95, 0.1])[:num_samples], (m, 1))
+        return Trajectories(answers, values, np.full((m, num_samples), 2))
+
+    cfg = tiny_config("nqueens-4", ["steps=1"], unconditional=True)
+    net = build_net(task, cfg)
+    monkeypatch.setattr(generate_module, "load_run", lambda run_dir: (task, cfg, net))
+    monkeypatch.setattr(generate_module, "prior_rollouts", fake_rollouts)
+    report, boards, valid, _ = generate_module.generate(tmp_path, 6, best_of=3)
+    assert report["best_of"] == 3 and boards.shape == (6, good.size)
+    assert (boards == good).all() and valid.all() and report["valid"] == 1.0

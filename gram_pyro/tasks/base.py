@@ -212,6 +212,13 @@ class Task(ABC):
         answers = np.asarray(answers)
         return self.is_valid(answers) & self.is_consistent(np.asarray(inputs), answers)
 
+    def score(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """The LPRM's target r in [0, 1], 1 exactly when the answer is correct. By default it is
+        correctness itself; tasks with a natural partial credit override it (Sudoku: the share
+        of cells that break no rule), which gives the LPRM a graded signal where few
+        trajectories are fully right."""
+        return self.is_correct(inputs, answers).astype(np.float32)
+
     def canonical(self, answers: np.ndarray) -> np.ndarray:
         """Map answers that count as the same solution to one representative (identity here;
         graph colouring factors out colour permutations)."""

@@ -192,6 +192,21 @@ class Sudoku(Task):
         cols_ok = (onehot.sum(axis=1) == 1).all(axis=(1, 2))
         return rows_ok & cols_ok & (boxes == 1).all(axis=(1, 2, 3))
 
+    def score(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """Share of cells that keep their given and whose class occurs once in the cell's row,
+        column and box: 1 exactly for a correct answer."""
+        n, k = self.n, self.box
+        a = np.asarray(answers).reshape(-1, n, n)
+        x = np.asarray(inputs).reshape(-1, n, n)
+        onehot = a[..., None] == np.arange(n)  # [B, n, n, n]
+        rows = onehot.sum(axis=2, keepdims=True)  # [B, n, 1, n]: count of each class per row
+        cols = onehot.sum(axis=1, keepdims=True)
+        boxes = onehot.reshape(-1, k, k, k, k, n).sum(axis=(2, 4), keepdims=True)
+        boxes = np.broadcast_to(boxes, (len(a), k, k, k, k, n)).reshape(-1, n, n, n)
+        once = ((rows == 1) & (cols == 1) & (boxes == 1) & onehot).any(axis=-1)  # [B, n, n]
+        kept = (x == 0) | (a == x - 1)
+        return (once & kept).mean(axis=(1, 2)).astype(np.float32)
+
     def is_consistent(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs).reshape(-1, self.seq_len)
         a = np.asarray(answers).reshape(-1, self.answer_len)
