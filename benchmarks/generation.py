@@ -61,7 +61,9 @@ def main(argv=None):
             "LPRM value (K = 1: plain sampling); boards/s counts the boards kept. Validity is "
             "checked by the task's exact rules, which play no part in the choice.\n\n"
             "| supervision steps | LPRM best of K | valid | distinct valid boards | unique fraction "
-            "| coverage | boards/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+            "| coverage | boards/s |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+            + "\n\nDistinct boards, valid or not, among the samples of each row: "
+            + ", ".join(str(round(r["unique_fraction"] * r["samples"])) for r in reports) + ".")
     print(body)
     write_section(f"generation_{task}", f"Unconditional generation: {task}", body,
                   quick=args.quick, tag=args.tag)

@@ -128,6 +128,8 @@ def main(argv=None):
     acc = r["accuracy"]
     met = acc["lprm"] >= acc["vote"] >= acc["first"]
     print(result_line("lprm_minus_vote", acc["lprm"] - acc["vote"], "lprm>=vote>=single", met))
+    print(result_line("weighted_minus_vote", acc["weighted"] - acc["vote"], "weighted>=vote",
+                      acc["weighted"] >= acc["vote"]))
 
 
 if __name__ == "__main__":

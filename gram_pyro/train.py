@@ -9,7 +9,10 @@ Beside the posterior chain runs a *prior* chain (no access to y, no gradient int
 The critic with its ACT halt and LPRM value heads is fitted on it, because on posterior rollouts
 every answer looks correct:
     ACT:  BCE(q_halt(h_n), 1[answer after step n is correct])
-    LPRM: (v(h_n) - r)^2, r = 1[the chain's final answer is correct]
+    LPRM: BCE(v(h_n), r), r = task.score of the chain's final answer (1 exactly when correct)
+After the last step the critic is fitted once more, on many prior rollouts of the finished EMA
+model (:meth:`Trainer.fit_critic`, :mod:`gram_pyro.critic`): the jointly trained critic chases
+a moving model and ranks one input's trajectories little better than chance.
 The metrics log always reports prior-rollout accuracy on the validation split: a posterior
 that smuggles y to the decoder shows ~100% posterior accuracy and chance prior accuracy.
 The loss of one supervision step is the module :class:`~gram_pyro.supervision.SupervisionStep`.

@@ -83,6 +83,23 @@ def test_sample_bad_input(tiny_run, args, fragment):
     assert_one_line_error(gram("sample", str(tiny_run), *args), fragment)
 
 
+def test_fit_critic_cli(tiny_run, tmp_path):
+    import json
+
+    assert (tiny_run / "critic.json").exists()  # training ended with a fit
+    r = gram("fit-critic", str(tiny_run), "--steps", "3", "--inputs", "4", "--trajectories", "2",
+             "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["steps"] == 3 and report["inputs"] == 4 and report["trajectories"] == 2
+    assert json.loads((tiny_run / "critic.json").read_text())["steps"] == 3
+    r = gram("fit-critic", str(tiny_run), "--steps", "2", "--inputs", "4", "--quiet")
+    assert r.returncode == 0 and "AUC within input" in r.stdout, r.stderr
+    assert_one_line_error(gram("fit-critic", str(tmp_path / "nope")), "does not exist")
+    assert_one_line_error(gram("fit-critic", str(tiny_run), "--steps", "0"), "must be at least 1")
+    assert_one_line_error(gram("fit-critic", str(tiny_run), "--minutes", "-1"), "positive")
+
+
 def test_missing_and_corrupt_runs(tmp_path, tiny_run):
     assert_one_line_error(gram("evaluate", str(tmp_path / "nope")), "does not exist")
     assert_one_line_error(gram("evaluate", str(tmp_path)), "no checkpoint.pt")
