@@ -181,6 +181,24 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
             "seconds": round(time.monotonic() - start, 1), "before": before, "after": after}
 
 
+def fit_config_critic(model, task, cfg, train_inputs: np.ndarray, *, steps: int,
+                      inputs: int | None = None, trajectories: int | None = None,
+                      seconds: float | None = None, seed: int = 0, progress: bool = False,
+                      device="cpu") -> tuple[dict, dict]:
+    """:func:`fit_critic` with a run config's pool: up to ``inputs`` (default the config's
+    ``critic_fit_inputs``) of the distinct ``train_inputs``, or for p(x) that many copies of the
+    blank board; one trajectory each for the deterministic baseline (its are all equal).
+    Returns the report and the fitted critic's weights (on the CPU), as checkpoints store them."""
+    inputs = inputs or cfg.critic_fit_inputs
+    pool = np.repeat(train_inputs[:1], inputs, axis=0) if cfg.unconditional else train_inputs
+    report = fit_critic(model, task, pool, max_inputs=inputs,
+                        trajectories=1 if cfg.deterministic else
+                        (trajectories or cfg.critic_fit_trajectories),
+                        steps=steps, seconds=seconds, seed=seed, progress=progress, device=device)
+    weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(model.net).items()}
+    return report, weights
+
+
 def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
               trajectories: int | None = None, seconds: float | None = None, seed: int = 0,
               progress: bool = False, device="cpu") -> dict:
@@ -203,13 +221,9 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     task, cfg, net = load_run(run_dir, device=device)
     model, _ = programs(net, cfg)
     steps = (cfg.critic_fit_steps or 600) if steps is None else steps
-    inputs_n = inputs or cfg.critic_fit_inputs
-    train = run_data(task, cfg).train.inputs  # distinct inputs; p(x) has the blank board only
-    pool = np.repeat(train[:1], inputs_n, axis=0) if cfg.unconditional else train
-    report = fit_critic(model, task, pool, max_inputs=inputs_n, trajectories=1 if cfg.deterministic else
-                        (trajectories or cfg.critic_fit_trajectories),
-                        steps=steps, seconds=seconds, seed=seed, progress=progress, device=device)
-    weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(net).items()}
+    report, weights = fit_config_critic(
+        model, task, cfg, run_data(task, cfg).train.inputs, steps=steps, inputs=inputs,
+        trajectories=trajectories, seconds=seconds, seed=seed, progress=progress, device=device)
     ckpt["critic_fit"] = {"step": int(ckpt.get("step", 0)), "weights": weights,
                           "report": json.dumps(report)}
     atomic_save(ckpt, run_dir / CHECKPOINT)

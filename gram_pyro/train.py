@@ -46,7 +46,7 @@ from gram_pyro import metrics
 from gram_pyro.checkpoint import CHECKPOINT, atomic_save, build_net, check_writable, config_of, \
     load_checkpoint, run_data
 from gram_pyro.config import Config
-from gram_pyro.critic import CRITIC_REPORT, critic_parameters, fit_critic
+from gram_pyro.critic import CRITIC_REPORT, fit_config_critic
 from gram_pyro.distributed import EpochSampler, Group, check_batch, rank_seed
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
@@ -417,20 +417,14 @@ class Trainer:
         net = copy.deepcopy(self.ema.net)
         model, _ = programs(net, cfg)
         seconds = cfg.max_minutes * 60 * cfg.critic_fit_share if cfg.max_minutes else None
-        # distinct training inputs; p(x) has one, the blank board, rolled out once per "input"
-        inputs = np.unique(self.x_train, axis=0)
-        if cfg.unconditional:
-            inputs = np.repeat(inputs[:1], cfg.critic_fit_inputs, axis=0)
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            report = fit_critic(
-                model, self.task, inputs, max_inputs=cfg.critic_fit_inputs,
-                trajectories=1 if cfg.deterministic else cfg.critic_fit_trajectories,
+            report, weights = fit_config_critic(
+                model, self.task, cfg, np.unique(self.x_train, axis=0),
                 steps=min(cfg.critic_fit_steps, self.step),  # a short run gets a short fit
                 seconds=seconds, seed=cfg.seed * 1_000_003 + self.step, progress=self.progress,
                 device=self.device)
         self.elapsed += time.perf_counter() - t0
-        weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(net).items()}
         self.critic_fit = {"step": self.step, "weights": weights, "report": json.dumps(report)}
         (self.out / CRITIC_REPORT).write_text(json.dumps({"step": self.step, **report}, indent=1))
 
