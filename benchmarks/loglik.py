@@ -1,4 +1,4 @@
-"""Log-likelihood table of a trained run: ELBO and IWAE_k against k (DESIGN: likelihood).
+"""Log-likelihood table of a trained run: ELBO and IWAE_k against k (docs/design.md §6).
 
     python benchmarks/loglik.py --run runs/nq8 --particles 1000 --limit 100
     python benchmarks/loglik.py --quick            # trains a tiny run first

@@ -28,7 +28,8 @@ import json, resource, sys, tempfile
 from pathlib import Path
 import torch
 from gram_pyro.config import make_config
-from gram_pyro.train import Trainer, programs
+from gram_pyro.build import programs
+from gram_pyro.train import Trainer
 from gram_pyro.inference import prior_rollouts
 mode, value, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 with tempfile.TemporaryDirectory() as tmp:

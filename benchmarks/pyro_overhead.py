@@ -25,12 +25,12 @@ import torch  # noqa: E402
 import torch.distributions as td  # noqa: E402
 
 from _report import result_line, write_section  # noqa: E402
-from gram_pyro.checkpoint import build_net  # noqa: E402
+from gram_pyro.build import build_net  # noqa: E402
 from gram_pyro.config import make_config  # noqa: E402
 from gram_pyro.elbo import GramELBO, balanced_kl  # noqa: E402
 from gram_pyro.recursion import SharedRecursion, grad_enabled, transition_rules  # noqa: E402
 from gram_pyro.tasks import get_task  # noqa: E402
-from gram_pyro.train import programs  # noqa: E402
+from gram_pyro.build import programs  # noqa: E402
 
 
 def fused_loss(net, cfg, x, y, rules):

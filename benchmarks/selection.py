@@ -36,12 +36,12 @@ def measure(run, samples: int, limit: int | None, seed: int) -> dict:
     import torch
 
     from gram_pyro import metrics
-    from gram_pyro.checkpoint import load_run, run_data
+    from gram_pyro.build import programs, run_data
+    from gram_pyro.checkpoint import load_run
     from gram_pyro.evaluate import summarize
     from gram_pyro.inference import prior_rollouts
     from gram_pyro.select import select
     from gram_pyro.smc import lprm_smc
-    from gram_pyro.train import programs
 
     task, cfg, net = load_run(run)
     part = run_data(task, cfg).split("test").sample(limit)

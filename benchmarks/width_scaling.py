@@ -24,11 +24,12 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from _report import result_line, write_section  # noqa: E402
-from gram_pyro.checkpoint import build_net  # noqa: E402
+from gram_pyro.build import build_net  # noqa: E402
 from gram_pyro.config import make_config  # noqa: E402
 from gram_pyro.inference import prior_rollouts  # noqa: E402
 from gram_pyro.tasks import get_task  # noqa: E402
-from gram_pyro.train import Trainer, programs  # noqa: E402
+from gram_pyro.build import programs  # noqa: E402
+from gram_pyro.train import Trainer  # noqa: E402
 
 
 def timed(fn, repeats):

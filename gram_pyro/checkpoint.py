@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import warnings
 from pathlib import Path
 
 import torch
 
+from gram_pyro.build import build_net
 from gram_pyro.config import Config
 from gram_pyro.errors import UserError
-from gram_pyro.nets import GramNet
 from gram_pyro.tasks import get_task
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,21 +69,6 @@ def load_checkpoint(run_dir) -> dict:
     return ckpt
 
 
-def build_net(task, cfg: Config) -> GramNet:
-    return GramNet(seq_len=task.seq_len, input_vocab=task.input_vocab,
-                   answer_len=task.answer_len, answer_vocab=task.answer_vocab,
-                   answer_offset=task.answer_offset, d_model=cfg.d_model,
-                   n_layers=cfg.n_layers, block=cfg.block, n_heads=cfg.n_heads,
-                   expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
-                   sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
-                   critic_layers=cfg.critic_layers)
-
-
-def run_data(task, cfg: Config, progress: bool = False):
-    """The dataset a run trains and evaluates on (its seed and dataset options)."""
-    return task.build(seed=cfg.data_seed, progress=progress, **cfg.data_options)
-
-
 def config_of(ckpt: dict) -> Config:
     try:
         return Config.from_dict(json.loads(ckpt["config"]))
@@ -96,7 +82,7 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu"):
     ckpt = load_checkpoint(run_dir)
     cfg = config_of(ckpt)
     task = get_task(cfg.task, unconditional=cfg.unconditional)
-    net = build_net(task, cfg)
+    net = build_net(task, cfg, device)
     use_ema = ema and ckpt.get("ema") is not None
     weights = dict(ckpt["ema"] if use_ema else ckpt["model"])
     if use_ema and isinstance(ckpt.get("critic_fit"), dict):
@@ -106,7 +92,7 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu"):
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
     net.eval()
-    return task, cfg, net.to(device)
+    return task, cfg, net
 
 
 def check_writable(run_dir: Path) -> None:
@@ -117,3 +103,24 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run folder {str(run_dir)!r}: {e.strerror}") from None
+
+
+def rng_state(np_rng, device: torch.device) -> dict:
+    """Every random stream a training process draws from, as checkpoint data: numpy's (batches,
+    augmentation), Python's, torch's CPU generator (Pyro's noise) and, on CUDA, the device's."""
+    state = {"numpy_rng": json.dumps(np_rng.bit_generator.state),
+             "python_rng": json.dumps(random.getstate()),
+             "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, np_rng, device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured (``np_rng`` in place)."""
+    np_rng.bit_generator.state = json.loads(state["numpy_rng"])
+    python = json.loads(state["python_rng"])
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)

@@ -1,13 +1,15 @@
-"""Sub-commands of ``gram`` beyond the data tools: train, evaluate, sample, generate, fit-critic,
+"""The sub-commands of ``gram``: tasks, data, train, evaluate, sample, generate, fit-critic,
 loglik, demo.
 
-Each ``cmd_<name>(args)`` is a thin layer over the library; argument parsing lives here too so
-that ``cli.py`` stays a dispatcher.
+Each ``cmd_<name>(args)`` is a thin layer over the library, and its arguments are declared in
+:func:`add_subcommands`; ``cli.py`` only parses and dispatches. Libraries are imported inside
+the handlers, so ``gram --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from gram_pyro.errors import UserError
 
@@ -25,13 +27,45 @@ def positive_float(text: str) -> float:
     return value
 
 
+def int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+    return parse
+
+
+def add_task_args(p, required=True):
+    p.add_argument("--task", required=required, help="task name, e.g. nqueens-8 (`gram tasks`)")
+    p.add_argument("--unconditional", action="store_true", help="the blank-input p(x) form")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="dataset / run seed")
+    p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. --data csv=sudoku_extreme.csv (repeatable)")
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the model runs (default cpu)")
+
+
 def add_act(p, default: bool = True):
     p.add_argument("--act", action=argparse.BooleanOptionalAction, default=default,
                    help="halt each trajectory on its own when sigmoid(q_halt) > 0.5; --no-act "
                         f"always runs the whole --max-steps budget (default: {'--act' if default else '--no-act'})")
 
 
-def add_subcommands(sub, add_task_args, int_at_least) -> None:
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("tasks", help="list every task with its sizes")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("data", help="build (and cache) a task's dataset and print its statistics")
+    add_task_args(p)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser(
         "train", help="train GRAM (or the deterministic baseline) with SVI",
         description="Train GRAM (or the deterministic baseline) with SVI. Data-parallel on P "
@@ -71,7 +105,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     add_act(p)
     p.add_argument("--limit", type=int_at_least(1), help="evaluate a seeded random subset of N inputs")
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump", metavar="FILE.jsonl")
 
@@ -82,6 +116,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--max-steps", type=int_at_least(1))
     add_act(p)
     p.add_argument("--seed", type=int_at_least(0), default=0)
+    add_device(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("generate", help="unconditional samples p(x)")
@@ -98,6 +133,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
                         "(K times the compute; the exact checker plays no part; default 1)")
     p.add_argument("--puzzles", action="store_true",
                    help="turn valid samples into puzzles with a unique solution")
+    add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump", metavar="FILE.jsonl", help="one {board, valid} object per sample")
 
@@ -116,7 +152,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--minutes", type=positive_float, help="bound on the whole fit; half of it at "
                    "most for the rollouts")
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -127,6 +163,7 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
     p.add_argument("--limit", type=int_at_least(1), default=50,
                    help="a seeded random subset of N (input, answer) pairs (default 50)")
     p.add_argument("--seed", type=int_at_least(0), default=0)
+    add_device(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="the README's embedded default: GRAM vs the baseline on "
@@ -138,8 +175,56 @@ def add_subcommands(sub, add_task_args, int_at_least) -> None:
                    help="held-out inputs to evaluate, a seeded random subset (default 300 of 772)")
 
 
+def data_options(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data takes key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_tasks(args) -> None:
+    from gram_pyro.tasks import get_task, task_names
+
+    rows = []
+    for name in task_names():
+        t = get_task(name)
+        rows.append(t.describe())
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'task':<12} {'seq_len':>7} {'in_vocab':>8} {'answer_len':>10} {'answer_vocab':>12}")
+    for r in rows:
+        print(f"{r['name']:<12} {r['seq_len']:>7} {r['input_vocab']:>8} {r['answer_len']:>10} "
+              f"{r['answer_vocab']:>12}")
+    print("every task also has an unconditional form (--unconditional): blank input, p(x)")
+
+
+def cmd_data(args) -> None:
+    from gram_pyro.tasks import get_task
+
+    task = get_task(args.task, unconditional=args.unconditional)
+    data = task.build(seed=args.seed, progress=True, **data_options(args.data))
+    report = {"task": task.describe(), "stats": data.stats(), "meta": data.meta}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print_data_stats(task, data)
+
+
+def print_data_stats(task, data) -> None:
+    kind = "unconditional p(x)" if task.unconditional else "conditional p(y|x)"
+    print(f"{task.name} ({kind}): seq_len {task.seq_len}, answer {task.answer_len} tokens "
+          f"x {task.answer_vocab} classes")
+    print(f"{'split':<6} {'inputs':>8} {'pairs':>8} {'compl/input':>11} {'max':>5} {'multi':>7}")
+    for name, s in data.stats().items():
+        print(f"{name:<6} {s['inputs']:>8} {s['pairs']:>8} {s['completions_per_input_mean']:>11.2f} "
+              f"{s['completions_per_input_max']:>5} {s['multi_solution_inputs']:>7}")
+
+
 def cmd_train(args) -> dict:
-    from gram_pyro.cli import data_options
     from gram_pyro.config import make_config
     from gram_pyro.train import Trainer
 
@@ -167,8 +252,6 @@ def cmd_train(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    import json
-
     from gram_pyro.evaluate import evaluate_run, format_report, save_plots, write_dump
 
     report, traj, part, task, chosen = evaluate_run(
@@ -185,20 +268,17 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_sample(args) -> dict:
-    import json
-
     from gram_pyro.evaluate import format_samples, sample_puzzle
 
     if args.n > MAX_SAMPLES:
         raise UserError(f"-n {args.n} is more than {MAX_SAMPLES} samples for one puzzle")
     report = sample_puzzle(args.run_dir, args.puzzle, args.n, seed=args.seed,
-                           max_steps=args.max_steps, act=args.act)
+                           max_steps=args.max_steps, act=args.act, device=args.device)
     print(json.dumps(report, indent=1) if args.json else format_samples(report))
     return report
 
 
 def cmd_generate(args) -> dict:
-    import json
     from pathlib import Path
 
     import numpy as np
@@ -212,7 +292,8 @@ def cmd_generate(args) -> dict:
                         "trajectories in one call")
     report, boards, valid, task = generate(args.run_dir, args.n, seed=args.seed,
                                            max_steps=args.max_steps, act=args.act,
-                                           temperature=args.temperature, best_of=args.best_of)
+                                           temperature=args.temperature, best_of=args.best_of,
+                                           device=args.device)
     if args.dump:
         try:
             with open(args.dump, "w") as f:
@@ -244,10 +325,8 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_fit_critic(args) -> dict:
-    import json
-
+    from gram_pyro.build import resolve_device
     from gram_pyro.critic import format_report, refit_run
-    from gram_pyro.train import resolve_device
 
     report = refit_run(args.run_dir, steps=args.steps, inputs=args.inputs,
                        trajectories=args.trajectories, seed=args.seed,
@@ -258,18 +337,14 @@ def cmd_fit_critic(args) -> dict:
 
 
 def cmd_loglik(args) -> dict:
-    import json
-
     from gram_pyro.likelihood import format_loglik, run_loglik
 
     if args.particles > 100_000:
         raise UserError("--particles above 100000 is not supported (weights are kept in memory)")
     report = run_loglik(args.run_dir, particles=args.particles, split=args.split,
-                        limit=args.limit, seed=args.seed)
+                        limit=args.limit, seed=args.seed, device=args.device)
     print(json.dumps(report, indent=1) if args.json else format_loglik(report))
     return report
-
-
 
 
 def cmd_demo(args) -> None:

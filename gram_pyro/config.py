@@ -16,7 +16,7 @@ from gram_pyro.recursion import OBJECTIVES
 
 @dataclass
 class Config:
-    """Every knob of a GRAM run. Symbols follow DESIGN §1-2.
+    """Every knob of a GRAM run. Symbols follow docs/design.md §1 and §7.
 
     Task: ``task`` (registry name), ``unconditional`` (blank input, p(x)), ``data_seed``,
         ``data_options`` (the task's dataset options, e.g. ``{"csv": PATH}`` for sudoku-9).
@@ -155,7 +155,7 @@ class Config:
 PRESETS = {
     # small enough to train in minutes on 2 CPU cores (the README demo)
     "cpu": {},
-    # DESIGN §2: D=512, attention (mixer for Sudoku, set in preset()), K=4 (6 for Sudoku),
+    # docs/design.md §7: D=512, attention (make_config switches Sudoku to the mixer and K=6),
     # T=3, N_sup=16, AdamW lr 1e-4, wd 1.0, batch 768, EMA 0.9999, 2k warm-up.
     "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
                   n_prefix=16, k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
@@ -163,7 +163,7 @@ PRESETS = {
                   eval_interval=2000, eval_inputs=1024),
 }
 
-# the paper's beta per task (DESIGN §1); small models need retuning
+# the paper's beta per task (docs/design.md §7); small models need retuning
 PAPER_BETA = {"sudoku": 0.1, "nqueens-8": 0.07, "nqueens-10": 0.045, "coloring-8": 0.5,
               "coloring-10": 0.45, "sudoku-unconditional": 0.05}
 

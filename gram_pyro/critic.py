@@ -23,7 +23,9 @@ coverage figure, is untouched.
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gram_pyro import metrics
+from gram_pyro.build import programs, run_data
+from gram_pyro.checkpoint import CHECKPOINT, atomic_save, check_writable, load_checkpoint, load_run
 
 CRITIC_REPORT = "critic.json"
 
@@ -43,14 +47,16 @@ def critic_parameters(net) -> dict:
 
 @torch.no_grad()
 def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: int = 512,
-            deadline: float | None = None, progress: bool = False, device="cpu") -> dict:
+            deadline: float | None = None, progress: bool = False) -> dict:
     """Prior rollouts of ``inputs`` ``[M, L]``, N per input, every step's state kept.
 
     Returns ``states`` ``[M', N, S, P + L, D]``, ``step_ok`` ``[M', N, S]`` (each step's answer
     correct), ``final_ok`` ``[M', N]`` and ``final_score`` ``[M', N]`` (``task.score`` of the
     last answer), for the first M' <= M inputs done by ``deadline``
-    (``time.monotonic()``; at least one chunk is always done).
+    (``time.monotonic()``; at least one chunk is always done). Everything stays on the model's
+    device.
     """
+    device = model.device
     per = max(1, chunk_size // trajectories)
     states, step_ok, scores = [], [], []
     bar = tqdm(total=len(inputs), desc="critic rollouts", disable=not progress, leave=False)
@@ -64,9 +70,10 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
             hs.append(out.h.transpose(0, 1))  # [m, N, P + L, D]
             answers = out.logits.argmax(-1).transpose(0, 1).reshape(-1, out.logits.shape[-2])
             ok = task.is_correct(np.repeat(x_np, trajectories, axis=0), answers.cpu().numpy())
-            oks.append(torch.as_tensor(ok, dtype=torch.float32).reshape(len(x_np), trajectories))
+            oks.append(torch.as_tensor(ok, dtype=torch.float32, device=device)
+                       .reshape(len(x_np), trajectories))
         states.append(torch.stack(hs, 2))
-        step_ok.append(torch.stack(oks, 2).to(device))
+        step_ok.append(torch.stack(oks, 2))
         score = task.score(np.repeat(x_np, trajectories, axis=0), answers.cpu().numpy())
         scores.append(torch.as_tensor(score, dtype=torch.float32, device=device)
                       .reshape(len(x_np), trajectories))
@@ -111,8 +118,7 @@ def score(net, pool: dict) -> dict:
 def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps: int = 600,
                batch_size: int = 256, lr: float = 1e-3, holdout: float = 0.1,
                eval_every: int = 50, seconds: float | None = None, seed: int = 0,
-               max_inputs: int | None = None, pool_mb: float = 1024, progress: bool = False,
-               device="cpu") -> dict:
+               max_inputs: int | None = None, pool_mb: float = 1024, progress: bool = False) -> dict:
     """Fit ``model.net``'s critic in place on prior rollouts of ``inputs``; return a report.
 
     ``seconds`` bounds the whole fit: half of it at most for the rollouts, the rest for the
@@ -129,7 +135,7 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
     cap = min(max_inputs or len(inputs), max(2, int(pool_mb * 2**20 // per_input)))
     inputs = np.asarray(inputs)[gen.permutation(len(inputs))][:cap]
     torch.manual_seed(seed)
-    pool = collect(model, task, inputs, trajectories, device=device, progress=progress,
+    pool = collect(model, task, inputs, trajectories, progress=progress,
                    deadline=None if seconds is None else start + seconds / 2)
     m = len(pool["final_ok"])
     n_held = max(1, int(round(holdout * m))) if m > 1 else 0
@@ -183,8 +189,8 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
 
 def fit_config_critic(model, task, cfg, train_inputs: np.ndarray, *, steps: int,
                       inputs: int | None = None, trajectories: int | None = None,
-                      seconds: float | None = None, seed: int = 0, progress: bool = False,
-                      device="cpu") -> tuple[dict, dict]:
+                      seconds: float | None = None, seed: int = 0,
+                      progress: bool = False) -> tuple[dict, dict]:
     """:func:`fit_critic` with a run config's pool: up to ``inputs`` (default the config's
     ``critic_fit_inputs``) of the distinct ``train_inputs``, or for p(x) that many copies of the
     blank board; one trajectory each for the deterministic baseline (its are all equal).
@@ -194,7 +200,7 @@ def fit_config_critic(model, task, cfg, train_inputs: np.ndarray, *, steps: int,
     report = fit_critic(model, task, pool, max_inputs=inputs,
                         trajectories=1 if cfg.deterministic else
                         (trajectories or cfg.critic_fit_trajectories),
-                        steps=steps, seconds=seconds, seed=seed, progress=progress, device=device)
+                        steps=steps, seconds=seconds, seed=seed, progress=progress)
     weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(model.net).items()}
     return report, weights
 
@@ -208,13 +214,6 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     checkpoint's ``critic_fit`` (the training state is untouched), written atomically, and the
     report to ``critic.json`` in the run folder. Defaults come from the run's config.
     """
-    import json
-    from pathlib import Path
-
-    from gram_pyro.checkpoint import CHECKPOINT, atomic_save, check_writable, load_checkpoint, \
-        load_run, run_data
-    from gram_pyro.train import programs
-
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
     check_writable(run_dir)
@@ -223,7 +222,7 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     steps = (cfg.critic_fit_steps or 600) if steps is None else steps
     report, weights = fit_config_critic(
         model, task, cfg, run_data(task, cfg).train.inputs, steps=steps, inputs=inputs,
-        trajectories=trajectories, seconds=seconds, seed=seed, progress=progress, device=device)
+        trajectories=trajectories, seconds=seconds, seed=seed, progress=progress)
     ckpt["critic_fit"] = {"step": int(ckpt.get("step", 0)), "weights": weights,
                           "report": json.dumps(report)}
     atomic_save(ckpt, run_dir / CHECKPOINT)

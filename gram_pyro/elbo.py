@@ -1,15 +1,19 @@
-"""GRAM's training objective as a small ELBO on Pyro's machinery.
+"""GRAM's training objective as a small ELBO on Pyro's machinery (docs/design.md §3).
 
-For one supervision step (DESIGN §1, with the transitions chosen by the objective's rules)::
+For one supervision step (with the transitions chosen by the objective's rules)::
 
     L = E_q[ log p(y | h_T) ] - beta * sum_t KL_bal( q(eps_t | u_t, y) || p(eps_t | u_t) )
     KL_bal = a * KL(sg(q) || p) + (1 - a) * KL(q || sg(p))        (a = kl_balance, 0.8)
 
 The KLs are analytic, as in :class:`~pyro.infer.TraceMeanField_ELBO` (valid here because model
 and guide share their dependency structure: both condition eps_t on the same sampled history).
-KL balancing changes only the gradient, not the value: the prior is pulled toward the posterior
-four times harder than the posterior toward the prior. A site whose guide-side ``infer["kl"]`` is False
-(early transitions under the ``paper`` and ``prior_prefix`` objectives) contributes no KL.
+The weighting is Pyro's own: ``beta`` reaches the programs as their ``kl_scale`` argument, which
+puts every latent site under ``poutine.scale`` (the annealing factor of Pyro's DMM example), and
+a transition the objective leaves out sits under ``poutine.mask(mask=False)``. So with
+``kl_balance=None`` this ELBO is exactly ``TraceMeanField_ELBO`` on the programs called with
+``kl_scale=beta``; the one thing of its own is KL balancing, which changes only the gradient, not
+the value: the prior is pulled toward the posterior four times harder than the posterior toward
+the prior.
 
 With ``beta = 1`` and every site's KL counted this is the full ELBO (Eq. 13), which
 :mod:`gram_pyro.likelihood` evaluates.
@@ -26,6 +30,14 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 from torch.distributions import kl_divergence
+
+
+def guided_traces(model, guide, *args, **kwargs):
+    """``(model_trace, guide_trace)``: the guide run, then the model replaying its samples, both
+    without subsample sites (the first half of every Pyro ELBO, and of importance weighting)."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
 def _detached(d):
@@ -53,9 +65,13 @@ class GramELBO(ELBO):
     """beta-weighted, KL-balanced ELBO with analytic KLs (see the module docstring).
 
     Args:
-        beta: weight of the KL terms.
+        beta: weight of the KL terms, handed to the programs as ``kl_scale`` (so with beta != 1
+            the programs must take that argument, as GRAM's do).
         kl_balance: the balancing coefficient a (None: no balancing).
         num_particles: Monte Carlo samples of the expectation.
+
+    Works with :class:`~pyro.infer.SVI` (``loss_and_grads``) and as a module
+    (``GramELBO(...)(model, guide)``, whose ``parameters()`` are the programs').
     """
 
     def __init__(self, beta: float = 1.0, kl_balance: float | None = 0.8,
@@ -65,8 +81,11 @@ class GramELBO(ELBO):
         self.kl_balance = kl_balance
 
     def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        if self.beta != 1.0:
+            if "kl_scale" in kwargs:
+                raise ValueError("GramELBO(beta=...) sets the programs' kl_scale; pass one or the other")
+            kwargs = {**kwargs, "kl_scale": self.beta}
+        model_trace, guide_trace = guided_traces(model, guide, *args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             for trace in (model_trace, guide_trace):
@@ -74,13 +93,14 @@ class GramELBO(ELBO):
                 for site in trace.nodes.values():
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
-        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        return model_trace, guide_trace
 
     def terms(self, model_trace, guide_trace) -> dict:
         """Per-example pieces of one particle: ``recon`` (log-likelihood of the observed sites),
-        ``kl`` {site: KL} for the penalized sites, ``kl_total`` and ``surrogate``
-        (recon - beta * balanced KL, the quantity whose gradient is followed)."""
-        recon, kl, kl_bal = 0.0, {}, 0.0
+        ``kl`` {site: KL} for the penalized (unmasked) sites, unweighted, ``kl_total`` their sum,
+        and ``surrogate`` (recon minus the balanced KLs, each weighted by its site's scale: beta),
+        the quantity whose gradient is followed."""
+        recon, kl, weighted = 0.0, {}, 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
@@ -88,18 +108,14 @@ class GramELBO(ELBO):
                 lp = site["fn"].log_prob(site["value"])
                 recon = recon + scale_and_mask(lp, site["scale"], site["mask"])
                 continue
-            guide_site = guide_trace.nodes[name]
-            # poutine.replay hands the model the guide's ``infer`` dict, so read the flag there
-            if not guide_site["infer"].get("kl", True):
+            if site["mask"] is False:  # poutine.mask(mask=False): outside this objective
                 continue
-            q = guide_site["fn"]
-            value = scale_and_mask(kl_divergence(q, site["fn"]), site["scale"], site["mask"])
-            kl[name] = value.detach()
-            kl_bal = kl_bal + scale_and_mask(balanced_kl(q, site["fn"], self.kl_balance),
-                                             site["scale"], site["mask"])
-        kl_total = sum(kl.values()) if kl else torch.zeros(())
-        return {"recon": recon, "kl": kl, "kl_total": kl_total,
-                "surrogate": recon - self.beta * kl_bal}
+            q, p = guide_trace.nodes[name]["fn"], site["fn"]
+            kl[name] = scale_and_mask(kl_divergence(q, p), mask=site["mask"]).detach()
+            weighted = weighted + scale_and_mask(balanced_kl(q, p, self.kl_balance),
+                                                 site["scale"], site["mask"])
+        kl_total = sum(kl.values()) if kl else torch.zeros_like(recon)  # the baseline has no KL
+        return {"recon": recon, "kl": kl, "kl_total": kl_total, "surrogate": recon - weighted}
 
     def particle_terms(self, model, guide, *args, **kwargs):
         """Yield :meth:`terms` for each particle."""
@@ -118,6 +134,7 @@ class GramELBO(ELBO):
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """What :meth:`pyro.infer.SVI.step` calls: the loss, with its gradients accumulated."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss.detach())

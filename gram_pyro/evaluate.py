@@ -15,11 +15,24 @@ import pyro
 import torch
 
 from gram_pyro import metrics
-from gram_pyro.checkpoint import load_run, run_data
+from gram_pyro.build import programs, resolve_device, run_data
+from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
 from gram_pyro.inference import DEFAULT_CHUNK, Trajectories, prior_rollouts
 from gram_pyro.select import METHODS, select
-from gram_pyro.train import programs, resolve_device
+
+
+def validation_metrics(model, task, split, samples: int, *, seed: int) -> dict:
+    """Prior-rollout accuracy and coverage@``samples`` on ``split``, what training logs. The
+    rollouts run on a forked RNG seeded with ``seed``, so they never change the caller's stream."""
+    device = model.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        traj = prior_rollouts(model, split.inputs, samples)
+    cov = metrics.coverage(task, split, traj.answers)
+    return {"val_prior_acc": cov["sample_accuracy"],
+            f"val_coverage_micro@{samples}": cov["micro"],
+            f"val_coverage_macro@{samples}": cov["macro"]}
 
 
 def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: int | None = None,
@@ -28,14 +41,15 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     """Prior rollouts of a run on a split. Returns ``(report, trajectories, split, task,
     selected)``; with ``select_method="smc"`` the SMC particles replace the independent samples
     in the trajectories handed back (the report has both)."""
-    task, cfg, net = load_run(run_dir, device=str(resolve_device(device)))
+    device = resolve_device(device)
+    task, cfg, net = load_run(run_dir, device=device)
     data = run_data(task, cfg)
     part = data.split(split).sample(limit)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
-                              record=True, chunk_size=chunk_size or DEFAULT_CHUNK, device=device)
+                              record=True, chunk_size=chunk_size or DEFAULT_CHUNK)
     report = summarize(task, cfg, part, traj, split=split, act=act)
     if select_method == "smc":
         from gram_pyro.smc import lprm_smc
@@ -156,11 +170,12 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
                   device: str = "cpu") -> dict:
     """``n`` prior trajectories for one puzzle string; distinct answers with their counts,
     correctness and mean LPRM value, most frequent first."""
-    task, cfg, net = load_run(run_dir, device=str(resolve_device(device)))
+    device = resolve_device(device)
+    task, cfg, net = load_run(run_dir, device=device)
     x = task.parse_input(text)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
-    traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act, device=device)
+    traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act)
     answers, values = traj.answers[0], traj.values[0]
     canon = task.canonical(answers)
     groups: dict[bytes, list[int]] = {}

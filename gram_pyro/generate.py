@@ -18,22 +18,23 @@ import pyro
 import torch
 
 from gram_pyro import metrics
+from gram_pyro.build import programs, resolve_device
 from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
 from gram_pyro.inference import prior_rollouts
 from gram_pyro.tasks import get_task
-from gram_pyro.train import programs
 
 
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
-             chunk_size: int = 512, temperature: float = 1.0, best_of: int = 1):
+             chunk_size: int = 512, temperature: float = 1.0, best_of: int = 1,
+             device: str = "cpu"):
     """``(report, boards [n, A], valid [n], task)`` for an unconditional run.
 
     ``best_of`` K > 1: every board is the one of K independent trajectories that the LPRM rates
     highest (its final value), so validity rises as far as the LPRM can tell valid boards from
     invalid ones, at K times the compute; the exact checker is only used to measure.
     """
-    task, cfg, net = load_run(run_dir)
+    task, cfg, net = load_run(run_dir, device=resolve_device(device))
     if not task.unconditional:
         raise UserError(f"{run_dir} is a conditional run; `gram generate` needs one trained "
                         "with --unconditional")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.gram import GramModel
+from gram_pyro.models.gram import GramModel
 
 
 @dataclass
@@ -45,22 +45,23 @@ DEFAULT_CHUNK = 512  # trajectories per batched pass: larger passes thrash memor
 @torch.no_grad()
 def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | None = None,
                    act: bool = False, record: bool = False, temperature: float = 1.0,
-                   chunk_size: int | None = DEFAULT_CHUNK, device="cpu") -> Trajectories:
+                   chunk_size: int | None = DEFAULT_CHUNK) -> Trajectories:
     """Sample ``num_samples`` prior trajectories for every row of ``x`` ``[M, L]``.
 
     At most ``chunk_size`` trajectories (inputs x samples) go through one batched pass: inputs
     are taken ``chunk_size // num_samples`` at a time, and when one input's samples alone
     exceed the chunk they are split too. Results are identical in distribution either way.
-    ``temperature`` scales the prior's sigma (1: the trained model).
+    ``temperature`` scales the prior's sigma (1: the trained model). Everything runs on the
+    model's device.
     """
-    x = torch.as_tensor(np.asarray(x), dtype=torch.long)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)
     max_steps = max_steps or model.n_supervision
     chunk_size = chunk_size or len(x) * num_samples
     per_pass = min(num_samples, chunk_size)
     inputs_per_chunk = max(1, chunk_size // num_samples)
     rows = []
     for i in range(0, len(x), inputs_per_chunk):
-        xi = x[i:i + inputs_per_chunk].to(device)
+        xi = x[i:i + inputs_per_chunk]
         parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, act, record,
                                 temperature)
                  for j in range(0, num_samples, per_pass)]

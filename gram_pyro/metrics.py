@@ -1,4 +1,4 @@
-"""Puzzle metrics (DESIGN §3).
+"""Puzzle metrics (docs/design.md §8).
 
 - accuracy: the answer is valid *and* keeps the givens; it need not equal the stored label.
 - coverage@N: distinct valid answers among N samples over the number of valid completions,

@@ -1,4 +1,4 @@
-"""The neural pieces of GRAM (DESIGN §1-2), each named after what it parameterizes.
+"""The neural pieces of GRAM (docs/design.md §1), each named after what it parameterizes.
 
 Symbols:
     x      input tokens ``[..., L]``; ``e_x = embed(x) * sqrt(D) + pos`` its encoding (computed once).
@@ -238,7 +238,3 @@ class GramNet(nn.Module):
         with float32(feature):
             feature = feature[..., 0, :].float()
             return self.halt_head(feature).squeeze(-1), self.lprm_head(feature).squeeze(-1)
-
-    def value(self, h):
-        """LPRM: predicted final accuracy of the trajectory, in [0, 1]."""
-        return torch.sigmoid(self.judge(h)[1])

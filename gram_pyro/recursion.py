@@ -3,15 +3,16 @@
 Within one ELBO evaluation the guide runs first and samples every ``eps_{n}_{t}``; the model then
 replays those values. Both need the same deterministic proposals ``u_t = f_high(h + l)`` (after K
 ``f_low`` refinements), and ``h_{t-1}`` is a function of the replayed noise only, so the values
-are identical. Recomputing them in the model would double the cost of a training step (DESIGN
-§5 measured 1.92x). :class:`SharedRecursion` stores each proposal when the guide computes it and
-hands it to the model on replay. It checks that the model really is replaying this guide run: an
-entry is reused only if the noise that produced its input state is the *same tensor object* the
-model holds (``poutine.replay`` passes the guide's tensors through unchanged); otherwise the model
-recomputes.
+are identical. Recomputing them in the model would double the cost of a training step
+(docs/design.md §2 has the measurement). :class:`SharedRecursion` stores each proposal when the
+guide computes it and hands it to the model on replay. An entry is reused only when everything it
+was computed from is the very same object the model holds: the network, the input encoding (and
+so the input), and the noise that produced its input state (``poutine.replay`` passes the guide's
+tensors through unchanged). Anything else (another input, the EMA network, the model's own prior
+noise) recomputes, so a stale proposal can never be returned.
 
 :class:`TransitionRule` says, per transition, what carries gradient and which KL is penalized;
-the training objectives (DESIGN §1 and :mod:`gram_pyro.elbo`) are sets of rules.
+the training objectives (docs/design.md §3 and :mod:`gram_pyro.elbo`) are sets of rules.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class TransitionRule:
     trunk_grad: gradient flows through f_low/f_high of this transition (else they run no-grad).
     head_grad: the Gaussian heads get gradient (from the KL) even when the trunk does not.
     posterior: the guide samples from q (else from the prior, so q = p and the KL is zero).
-    kl: this transition's KL is part of the loss.
+    kl: this transition's KL is part of the loss (else the programs put its site under
+        ``poutine.mask(mask=False)``).
     """
 
     trunk_grad: bool = True
@@ -72,8 +74,8 @@ def grad_enabled(flag: bool):
 class SharedRecursion:
     """Per-ELBO-evaluation store of the deterministic recursion (see the module docstring).
 
-    Also records the final latent state of the run, which the trainer carries (detached) into
-    the next supervision step, and the per-transition head features the auxiliary losses use.
+    Also records the final latent state of the run (``final_state``), which the trainer carries
+    (detached) into the next supervision step.
     """
 
     def __init__(self):
@@ -84,29 +86,36 @@ class SharedRecursion:
         self.computed = 0
         self.final_state = None
 
-    def encoding(self, net, x):
-        if self._encoding is None or self._encoding[0] is not x:
-            self._encoding = (x, net.encode(x))
+    def encoding(self, net, x, num_samples=None):
+        """``e_x`` of ``x`` under ``net``, expanded over ``num_samples`` trajectories; the same
+        object for the same (net, x, num_samples), which is what proposals are keyed on."""
+        key = (net, x, num_samples)
+        if self._encoding is None or any(a is not b for a, b in zip(self._encoding[0], key)):
+            e_x = net.encode(x)
+            if num_samples is not None:
+                e_x = e_x.expand(num_samples, *e_x.shape)
+            self._encoding = (key, e_x)
         return self._encoding[1]
 
     def initial_state(self, net, batch_shape, state=None):
-        """The state a run starts from: ``state`` if given, else z_0 expanded to the batch. Model
-        and guide get the same objects, so the first proposal can be shared."""
+        """The state a run starts from: ``state`` if given, else z_0 of ``net`` expanded to the
+        batch. Model and guide get the same objects, so the first proposal can be shared."""
         if state is not None:
             return state
-        if self._initial is None or self._initial[0] != tuple(batch_shape):
-            self._initial = (tuple(batch_shape), net.initial_state(batch_shape))
+        key = (net, tuple(batch_shape))
+        if self._initial is None or self._initial[0][0] is not net or self._initial[0][1] != key[1]:
+            self._initial = (key, net.initial_state(batch_shape))
         return self._initial[1]
 
     def propose(self, net, site, origin, h, l, e_x, k_low, trunk_grad):
         """``(l, u)`` of transition ``site`` from state ``(h, l)``; ``origin`` is the tensor object
         that produced ``h`` (the previous noise sample, or the start state)."""
         hit = self._proposals.get(site)
-        if hit is not None and hit[0] is origin:
+        if hit is not None and hit[0] is net and hit[1] is e_x and hit[2] is origin:
             self.reused += 1
-            return hit[1], hit[2]
+            return hit[3], hit[4]
         with grad_enabled(trunk_grad):
             l_new, u = net.propose(h, l, e_x, k_low)
         self.computed += 1
-        self._proposals[site] = (origin, l_new, u)
+        self._proposals[site] = (net, e_x, origin, l_new, u)
         return l_new, u

@@ -21,21 +21,18 @@ import numpy as np
 import torch
 from pyro import poutine
 
+from gram_pyro.importance import ess, normalized
 
-def systematic_resample(log_w: torch.Tensor, generator=None) -> torch.Tensor:
-    """Ancestor indices ``[N, B]`` for log weights ``[N, B]`` (particles on dim 0, per column)."""
-    n = log_w.shape[0]
-    w = torch.softmax(log_w, dim=0)
-    cdf = torch.cumsum(w, dim=0)
+
+def systematic_resample(log_w: torch.Tensor) -> torch.Tensor:
+    """Ancestor indices ``[N, B]`` for log weights ``[N, B]`` (particles on dim 0, per column):
+    one uniform per column, shifted by k / N for the k-th draw."""
+    n, device = log_w.shape[0], log_w.device
+    cdf = torch.cumsum(normalized(log_w), dim=0)
     cdf[-1] = 1.0
-    u = (torch.rand(1, log_w.shape[1], generator=generator) + torch.arange(n)[:, None]) / n
+    u = (torch.rand(1, log_w.shape[1], device=device)
+         + torch.arange(n, device=device)[:, None]) / n
     return torch.searchsorted(cdf.T.contiguous(), u.T.contiguous()).T.clamp_max(n - 1)
-
-
-def ess(log_w: torch.Tensor) -> torch.Tensor:
-    """Effective sample size per column of ``[N, B]`` log weights."""
-    w = torch.softmax(log_w, dim=0)
-    return 1.0 / (w ** 2).sum(0)
 
 
 @dataclass
@@ -56,7 +53,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
     (the same passes as :func:`gram_pyro.inference.prior_rollouts`, so the two compare at equal
     compute); the result is the same as one pass over all inputs, in distribution.
     """
-    x = torch.as_tensor(np.asarray(x), dtype=torch.long)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)
     per = max(1, chunk_size // num_particles)
     if len(x) > per:
         parts = [lprm_smc(model, x[i:i + per], num_particles, max_steps=max_steps,
@@ -68,7 +65,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
                          resampled=sum(p.resampled for p in parts), steps=parts[0].steps)
     max_steps = max_steps or model.n_supervision
     n, m = num_particles, x.shape[0]
-    log_w = torch.zeros(n, m)
+    log_w = torch.zeros(n, m, device=x.device)
     state, prev_log_v, resampled = None, None, 0
     for s in range(max_steps):
         trace = poutine.trace(model).get_trace(x, steps=[s], state=state, num_samples=n,
@@ -83,7 +80,8 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
             low = ess(log_w) < ess_threshold * n
             if bool(low.any()):
                 idx = systematic_resample(log_w)
-                idx = torch.where(low[None, :], idx, torch.arange(n)[:, None])  # only low-ESS inputs
+                keep = torch.arange(n, device=x.device)[:, None]
+                idx = torch.where(low[None, :], idx, keep)  # only the low-ESS inputs resample
                 gather = lambda t: torch.gather(  # noqa: E731
                     t, 0, idx.reshape(n, m, *([1] * (t.dim() - 2))).expand_as(t))
                 state = (gather(state[0]), gather(state[1]))
@@ -91,6 +89,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
                 log_w = torch.where(low[None, :], torch.zeros_like(log_w), log_w)
                 resampled += int(low.sum())
     values = prev_log_v.exp()
-    return SMCResult(answers=logits.argmax(-1).transpose(0, 1).numpy(),
-                     values=values.T.numpy(), log_weights=log_w.T.numpy(), resampled=resampled,
+    return SMCResult(answers=logits.argmax(-1).transpose(0, 1).cpu().numpy(),
+                     values=values.T.cpu().numpy(), log_weights=log_w.T.cpu().numpy(),
+                     resampled=resampled,
                      steps=max_steps)

@@ -1,6 +1,6 @@
 """The loss of one supervision step, as an ``nn.Module``: what DistributedDataParallel wraps.
 
-Supervision step n of a training batch (DESIGN §1, :mod:`gram_pyro.train`) computes:
+Supervision step n of a training batch (docs/design.md §4, :mod:`gram_pyro.train`) computes:
     ELBO:  the model against the guide for step n, from the posterior chain's state (elbo.py);
     prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
     ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pyro import poutine
 
-from gram_pyro.elbo import GramELBO
+from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.recursion import SharedRecursion
 
 
@@ -36,8 +35,9 @@ class TrajectoryRecord:
 def record(model, guide, x, num_samples: int, y=None, steps: int | None = None) -> TrajectoryRecord:
     """Record ``num_samples`` trajectories of one input ``x`` ``[L]``: from the prior when ``y`` is
     None, else from the posterior q(eps | x, y)."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.long)[None]
-    yt = None if y is None else torch.as_tensor(np.asarray(y), dtype=torch.long)[None]
+    x = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)[None]
+    yt = None if y is None else torch.as_tensor(np.asarray(y), dtype=torch.long,
+                                                device=model.device)[None]
     steps = steps or model.n_supervision
     elbo = GramELBO(beta=1.0, kl_balance=None)
     state, hs, answers, values, kl = None, [], [], [], {}
@@ -45,16 +45,16 @@ def record(model, guide, x, num_samples: int, y=None, steps: int | None = None) 
         if yt is None:
             out = model(x, steps=[s], state=state, num_samples=num_samples)
         else:
-            kw = dict(steps=[s], state=state, num_samples=num_samples, shared=SharedRecursion())
-            guide_trace = poutine.trace(guide).get_trace(x, yt, **kw)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, yt, **kw)
-            terms = elbo.terms(*(poutine.util.prune_subsample_sites(t) for t in (model_trace, guide_trace)))
-            kl.update({k: v[:, 0].numpy() for k, v in terms["kl"].items()})
+            model_trace, guide_trace = guided_traces(model, guide, x, yt, steps=[s], state=state,
+                                                     num_samples=num_samples,
+                                                     shared=SharedRecursion())
+            terms = elbo.terms(model_trace, guide_trace)
+            kl.update({k: v[:, 0].cpu().numpy() for k, v in terms["kl"].items()})
             out = model_trace.nodes["_RETURN"]["value"]
         state = (out.h, out.l)
-        hs.append(out.h[:, 0].reshape(num_samples, -1).numpy())
-        answers.append(out.logits[:, 0].argmax(-1).numpy())
-        values.append(out.values[-1][:, 0].numpy())
+        hs.append(out.h[:, 0].reshape(num_samples, -1).cpu().numpy())
+        answers.append(out.logits[:, 0].argmax(-1).cpu().numpy())
+        values.append(out.values[-1][:, 0].cpu().numpy())
     return TrajectoryRecord(np.stack(hs), np.stack(answers), np.stack(values), kl)
 
 

@@ -1,52 +1,42 @@
-"""The amortized posterior q(eps | x, y) of GRAM (DESIGN §1, §5).
+"""The amortized posterior q(eps | x, y) of GRAM (docs/design.md §1-2).
 
-The guide runs the same deterministic recursion as the model and differs only in the noise:
-``eps_{n}_{t} ~ N(mu_q(u_t, y), sigma_q(u_t, y)^2)``, where y enters through a learned target
-embedding added to u_t at the answer positions. It computes each u_t once and leaves it in the
-:class:`~gram_pyro.recursion.SharedRecursion` it shares with the model, which reuses it on replay.
+The guide runs the model's loop (:meth:`~gram_pyro.models.gram.RecursionProgram.recur`) and
+differs only in the noise: ``eps_{n}_{t} ~ N(mu_q(u_t, y), sigma_q(u_t, y)^2)``, where y enters
+through a learned target embedding added to u_t at the answer positions. It computes each u_t
+once and leaves it in the :class:`~gram_pyro.recursion.SharedRecursion` it shares with the
+model, which reuses it on replay.
 """
 
 from __future__ import annotations
 
-import pyro
 import pyro.distributions as dist
 
+from gram_pyro.models.gram import RecursionProgram, plates
 from gram_pyro.recursion import grad_enabled
-from models.gram import RecursionProgram, plates
 
 
 class GramGuide(RecursionProgram):
-    """Callable Pyro guide with the model's signature (see :class:`models.gram.GramModel`).
+    """Pyro guide with the model's signature (see :class:`gram_pyro.models.gram.GramModel`).
 
     A transition whose rule has ``posterior=False`` is drawn from the prior instead (q = p, so
     its KL is zero): the ``prior_prefix`` objective.
     """
 
-    def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True,
-                 temperature=1.0):
+    def forward(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
+                num_samples=None, kl_scale=1.0, lprm_guidance=False, lprm_prev=None, heads=True,
+                temperature=1.0):
         if y is None:
             raise ValueError("the guide conditions on the answer y; it cannot run without it")
         net = self.net
-        steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
-        origin = h
-        with plates(x.shape[0], num_samples):
-            for n in pyro.markov(steps):
-                for t in pyro.markov(range(self.t_high)):
-                    rule = rules[t]
-                    site = f"eps_{n}_{t}"
-                    l, u = shared.propose(net, site, origin, h, l, e_x, self.k_low, rule.trunk_grad)
-                    if self.deterministic:
-                        h = origin = u
-                        continue
-                    if rule.posterior:
-                        with grad_enabled(rule.head_grad or rule.trunk_grad):
-                            loc, scale = net.posterior(u, y)
-                    else:
-                        with grad_enabled(False):
-                            loc, scale = net.prior(u)
-                    eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2),
-                                      infer={"kl": rule.kl})
-                    h = u + (eps if rule.trunk_grad else eps.detach())
-                    origin = eps
+
+        def posterior(u, rule):
+            if rule.posterior:
+                return dist.Normal(*net.posterior(u, y)).to_event(2)
+            with grad_enabled(False):
+                return dist.Normal(*net.prior(u)).to_event(2)
+
+        with plates(x.shape[0], num_samples, x.device):
+            for _, h, l in self.recur(x, posterior, steps=steps, state=state, shared=shared,
+                                      rules=rules, num_samples=num_samples, kl_scale=kl_scale):
+                pass
         return h, l

@@ -1,4 +1,4 @@
-"""The GRAM generative program p(y, eps | x) (DESIGN §1).
+"""The GRAM generative program p(y, eps | x) (docs/design.md §1-2).
 
 For each supervision step n and transition t the program runs the deterministic recursion to get
 u_t, samples the guidance noise ``eps_{n}_{t} ~ N(mu_p(u_t), sigma_p(u_t)^2)`` over the whole
@@ -9,6 +9,9 @@ is p(x), the data playing the role of y. With ``deterministic=True`` the noise i
 
 Plates: ``batch`` (dim -1) over inputs and, when ``num_samples`` is given, ``trajectories``
 (dim -2) over independent trajectories of every input, batched as one tensor.
+
+The model and the guide (:mod:`gram_pyro.guides.gram`) run the same loop,
+:meth:`RecursionProgram.recur`, and differ only in the distribution of each ``eps`` site.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro import poutine
+from torch import nn
 
 from gram_pyro.recursion import FULL, SharedRecursion, grad_enabled
 
@@ -44,12 +49,12 @@ class Rollout:
         return [v.exp() for v in self.log_values]
 
 
-def plates(batch_size: int, num_samples: int | None):
+def plates(batch_size: int, num_samples: int | None, device=None):
     """The plate stack: ``trajectories`` (dim -2, optional) outside ``batch`` (dim -1)."""
     stack = contextlib.ExitStack()
     if num_samples is not None:
-        stack.enter_context(pyro.plate("trajectories", num_samples, dim=-2))
-    stack.enter_context(pyro.plate("batch", batch_size, dim=-1))
+        stack.enter_context(pyro.plate("trajectories", num_samples, dim=-2, device=device))
+    stack.enter_context(pyro.plate("batch", batch_size, dim=-1, device=device))
     return stack
 
 
@@ -57,33 +62,64 @@ def batch_shape(x, num_samples):
     return (x.shape[0],) if num_samples is None else (num_samples, x.shape[0])
 
 
-def expand_encoding(e_x, num_samples):
-    return e_x if num_samples is None else e_x.expand(num_samples, *e_x.shape)
+class RecursionProgram(nn.Module):
+    """What the model and the guide share: the network, the recursion sizes, and the loop.
 
-
-class RecursionProgram:
-    """What the model and the guide share: the networks, the recursion sizes, and the start of
-    a run (the encoding, the start state and the shared recursion store)."""
+    Both are ``nn.Module``s holding the same :class:`~gram_pyro.nets.GramNet`, so
+    ``GramELBO(...)(model, guide)`` is a module whose ``parameters()`` are the net's (Pyro's
+    ELBO-as-module pattern), and both register the net with ``pyro.module("gram", net)`` for
+    stock :class:`~pyro.infer.SVI`.
+    """
 
     def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
                  deterministic: bool = False):
+        super().__init__()
         self.net = net
         self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
         self.deterministic = deterministic
 
-    def start(self, x, steps, state, shared, rules, num_samples):
-        """``(steps, rules, shared, e_x, h, l)`` at the beginning of a call."""
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives: every tensor a program's caller makes goes there."""
+        return self.net.h0.device
+
+    def recur(self, x, noise, *, steps=None, state=None, shared=None, rules=None,
+              num_samples=None, kl_scale=1.0):
+        """Run the recursion, yielding ``(n, h, l)`` after each supervision step n.
+
+        ``noise(u, rule)`` is the distribution of ``eps_{n}_{t}`` given the proposal u_t (the
+        prior in the model, the posterior in the guide). Each site is weighted with
+        ``poutine.scale(kl_scale)`` (beta: the ELBO's KL weight, as the annealing factor of
+        Pyro's DMM example) and ``poutine.mask(rule.kl)`` (a transition whose KL the objective
+        leaves out). Must run under :func:`plates`.
+        """
         pyro.module("gram", self.net)
+        net = self.net
         steps = range(self.n_supervision) if steps is None else steps
         rules = rules or [FULL] * self.t_high
-        shared = shared or SharedRecursion()
-        e_x = expand_encoding(shared.encoding(self.net, x), num_samples)
-        h, l = shared.initial_state(self.net, batch_shape(x, num_samples), state)
-        return steps, rules, shared, e_x, h, l
+        shared = SharedRecursion() if shared is None else shared
+        e_x = shared.encoding(net, x, num_samples)
+        h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
+        origin = h  # the tensor that produced h: what the shared store checks on replay
+        for n in pyro.markov(steps):
+            for t in pyro.markov(range(self.t_high)):
+                rule, site = rules[t], f"eps_{n}_{t}"
+                l, u = shared.propose(net, site, origin, h, l, e_x, self.k_low, rule.trunk_grad)
+                if self.deterministic:
+                    h = origin = u
+                    continue
+                with grad_enabled(rule.head_grad or rule.trunk_grad):
+                    eps_dist = noise(u, rule)
+                with poutine.scale(scale=kl_scale), poutine.mask(mask=rule.kl):
+                    eps = pyro.sample(site, eps_dist)
+                h = u + (eps if rule.trunk_grad else eps.detach())
+                origin = eps
+            shared.final_state = (h, l)
+            yield n, h, l
 
 
 class GramModel(RecursionProgram):
-    """Callable Pyro model ``model(x, y=None, *, steps, state, shared, rules, num_samples)``.
+    """Pyro model ``model(x, y=None, *, steps, state, shared, rules, num_samples, kl_scale, ...)``.
 
     Args:
         net: the :class:`~gram_pyro.nets.GramNet` holding every parameter.
@@ -98,6 +134,7 @@ class GramModel(RecursionProgram):
         shared: a :class:`SharedRecursion` shared with the guide (reuse of u_t on replay).
         rules: per-transition :class:`TransitionRule` (training objectives); default FULL.
         num_samples: N trajectories per input under the ``trajectories`` plate.
+        kl_scale: ``poutine.scale`` of every latent site (the ELBO's beta; 1 is the model).
         lprm_guidance: add ``pyro.factor("lprm_{n}", log v_n - log v_{n-1})`` after each step,
             which tilts the trajectory distribution by the LPRM's final value (it telescopes to
             ``log v_N``); used by SMC. The program then no longer defines p(y | x).
@@ -109,42 +146,28 @@ class GramModel(RecursionProgram):
             trades diversity for validity, as in tempered sampling of flows and VAEs).
     """
 
-    def __call__(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
-                 num_samples=None, lprm_guidance=False, lprm_prev=None, heads=True,
-                 temperature=1.0):
+    def forward(self, x, y=None, *, steps=None, state=None, shared=None, rules=None,
+                num_samples=None, kl_scale=1.0, lprm_guidance=False, lprm_prev=None, heads=True,
+                temperature=1.0):
         net = self.net
-        steps, rules, shared, e_x, h, l = self.start(x, steps, state, shared, rules, num_samples)
-        origin = h
-        out = Rollout(h, l, None)
-        prev_value = lprm_prev
-        with plates(x.shape[0], num_samples):
-            for n in pyro.markov(steps):
-                for t in pyro.markov(range(self.t_high)):
-                    rule = rules[t]
-                    site = f"eps_{n}_{t}"
-                    l, u = shared.propose(net, site, origin, h, l, e_x, self.k_low, rule.trunk_grad)
-                    if self.deterministic:
-                        h = origin = u
-                        continue
-                    with grad_enabled(rule.head_grad or rule.trunk_grad):
-                        loc, scale = net.prior(u)
-                    if temperature != 1.0:
-                        scale = scale * temperature
-                    eps = pyro.sample(site, dist.Normal(loc, scale).to_event(2),
-                                      infer={"kl": rule.kl})
-                    h = u + (eps if rule.trunk_grad else eps.detach())
-                    origin = eps
+
+        def prior(u, rule):
+            loc, scale = net.prior(u)
+            return dist.Normal(loc, scale * temperature if temperature != 1.0 else scale).to_event(2)
+
+        halt_logits, log_values, prev_value = [], [], lprm_prev
+        with plates(x.shape[0], num_samples, x.device):
+            for n, h, l in self.recur(x, prior, steps=steps, state=state, shared=shared,
+                                      rules=rules, num_samples=num_samples, kl_scale=kl_scale):
                 if not (heads or lprm_guidance):
                     continue
                 halt_logit, value_logit = net.judge(h)
                 log_v = F.logsigmoid(value_logit)
-                out.halt_logits.append(halt_logit)
-                out.log_values.append(log_v)
+                halt_logits.append(halt_logit)
+                log_values.append(log_v)
                 if lprm_guidance:
                     pyro.factor(f"lprm_{n}", log_v if prev_value is None else log_v - prev_value)
                     prev_value = log_v
-            out.logits = net.decode(h)
-            pyro.sample("y", dist.Categorical(logits=out.logits).to_event(1), obs=y)
-        out.h, out.l = h, l
-        shared.final_state = (h, l)
-        return out
+            logits = net.decode(h)
+            pyro.sample("y", dist.Categorical(logits=logits).to_event(1), obs=y)
+        return Rollout(h, l, logits, halt_logits, log_values)

@@ -1,9 +1,8 @@
 """Tiny configurations shared by the tests (D=32, a few steps)."""
 
-from gram_pyro.checkpoint import build_net
+from gram_pyro.build import build_net, programs
 from gram_pyro.config import make_config
 from gram_pyro.tasks import get_task
-from gram_pyro.train import programs
 
 TINY = ["d_model=32", "n_layers=1", "k_low=1", "t_high=2", "n_supervision=2", "batch_size=16",
         "eval_interval=4", "eval_inputs=8", "eval_samples=2", "warmup_steps=2", "pyro_validation=true",

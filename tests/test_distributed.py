@@ -91,7 +91,7 @@ def _worker(rank: int, world: int, port: int, root: str):
     init = [p.detach().clone() for p in
             Trainer(tiny_config(extra=GRAM), f"{runs}/init", progress=False).net.parameters()]
     trainer, report["gram_losses"] = _fit(tiny_config(extra=GRAM), f"{runs}/gram")
-    mine = _params(trainer.net) + _params(trainer.ema.net)
+    mine = _params(trainer.net) + _params(trainer.ema_net)
     everyone = trainer.group.gather(mine)
     report["identical"] = all(torch.equal(a, b) for a, b in zip(*everyone))
     report["untrained"] = [name for (name, p), p0 in zip(trainer.net.named_parameters(), init)

@@ -2,9 +2,13 @@
 
 import math
 
+import pytest
+
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
 
 from gram_pyro.elbo import GramELBO, balanced_kl
 from gram_pyro.recursion import transition_rules
@@ -12,21 +16,23 @@ from gram_pyro.recursion import transition_rules
 PRIOR_LOC, PRIOR_SCALE = 0.3, 1.5
 
 
-def tiny_model(y, kl_flags=(True, True)):
+def tiny_model(y, kl_flags=(True, True), kl_scale=1.0):
     with pyro.plate("batch", 2, dim=-1):
-        z1 = pyro.sample("z1", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(1),
-                         infer={"kl": kl_flags[0]})
-        z2 = pyro.sample("z2", dist.Normal(z1, 1.0).to_event(1), infer={"kl": kl_flags[1]})
+        with poutine.scale(scale=kl_scale), poutine.mask(mask=kl_flags[0]):
+            z1 = pyro.sample("z1", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(1))
+        with poutine.scale(scale=kl_scale), poutine.mask(mask=kl_flags[1]):
+            z2 = pyro.sample("z2", dist.Normal(z1, 1.0).to_event(1))
         pyro.sample("y", dist.Normal(z2.sum(-1), 0.5), obs=y)
 
 
-def tiny_guide(y, kl_flags=(True, True)):
+def tiny_guide(y, kl_flags=(True, True), kl_scale=1.0):
     loc = pyro.param("loc", torch.tensor(-0.2))
     scale = pyro.param("scale", torch.tensor(0.7))
-    with pyro.plate("batch", 2, dim=-1):
-        z1 = pyro.sample("z1", dist.Normal(loc, scale).expand([2, 3]).to_event(1),
-                         infer={"kl": kl_flags[0]})
-        pyro.sample("z2", dist.Normal(z1 + 0.1, 0.4).to_event(1), infer={"kl": kl_flags[1]})
+    with pyro.plate("batch", 2, dim=-1), poutine.scale(scale=kl_scale):
+        with poutine.mask(mask=kl_flags[0]):
+            z1 = pyro.sample("z1", dist.Normal(loc, scale).expand([2, 3]).to_event(1))
+        with poutine.mask(mask=kl_flags[1]):
+            pyro.sample("z2", dist.Normal(z1 + 0.1, 0.4).to_event(1))
 
 
 def kl_normal(mq, sq, mp, sp):
@@ -50,6 +56,21 @@ def test_terms_match_a_hand_computation():
     assert torch.allclose(terms["surrogate"], recon - 0.3 * (kl1 + kl2))
     loss = elbo.differentiable_loss(tiny_model, tiny_guide, y)
     assert loss.shape == ()
+
+
+def test_beta_is_poutine_scale_and_without_balancing_gram_elbo_is_trace_mean_field():
+    """GramELBO(beta) hands beta to the programs as kl_scale (poutine.scale on the latent sites),
+    so without KL balancing it is Pyro's own TraceMeanField_ELBO on the scaled programs."""
+    y = torch.tensor([0.5, -1.0])
+    pyro.set_rng_seed(3)
+    ours = GramELBO(beta=0.3, kl_balance=None).differentiable_loss(tiny_model, tiny_guide, y)
+    pyro.set_rng_seed(3)
+    stock = TraceMeanField_ELBO().differentiable_loss(tiny_model, tiny_guide, y, kl_scale=0.3)
+    assert torch.allclose(ours, stock)
+    model_trace, _ = GramELBO(beta=0.3)._get_trace(tiny_model, tiny_guide, (y,), {})
+    assert model_trace.nodes["z1"]["scale"] == 0.3 and model_trace.nodes["y"]["scale"] == 1.0
+    with pytest.raises(ValueError, match="one or the other"):
+        GramELBO(beta=0.3).loss(tiny_model, tiny_guide, y, kl_scale=0.5)
 
 
 def test_sites_without_kl_flag_are_left_out():

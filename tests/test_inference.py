@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from gram_pyro.checkpoint import build_net
+from gram_pyro.build import build_net
 from gram_pyro.config import make_config
 from gram_pyro.evaluate import evaluate_run, write_dump
 from gram_pyro.inference import prior_rollouts
@@ -16,7 +16,7 @@ from gram_pyro.select import select
 from gram_pyro.smc import ess, lprm_smc, systematic_resample
 from gram_pyro.tasks import get_task
 from gram_pyro.train import Trainer
-from models.gram import Rollout, plates
+from gram_pyro.models.gram import Rollout, plates
 from tests.helpers import TINY, tiny_config, tiny_programs
 
 
@@ -36,6 +36,7 @@ class CoinModel:
     the LPRM says v = 0.9 if c = 1 else 0.1. The tilted target p(c) v(c) gives P(c=1) = 0.9."""
 
     n_supervision = 3
+    device = torch.device("cpu")
 
     def __call__(self, x, y=None, *, steps, state=None, num_samples=None, lprm_guidance=False,
                  lprm_prev=None, **_):
@@ -149,7 +150,7 @@ def test_generate_best_of_keeps_the_highest_lprm_trajectory(monkeypatch, tmp_pat
 
     cfg = tiny_config("nqueens-4", ["steps=1"], unconditional=True)
     net = build_net(task, cfg)
-    monkeypatch.setattr(generate_module, "load_run", lambda run_dir: (task, cfg, net))
+    monkeypatch.setattr(generate_module, "load_run", lambda run_dir, device: (task, cfg, net))
     monkeypatch.setattr(generate_module, "prior_rollouts", fake_rollouts)
     report, boards, valid, _ = generate_module.generate(tmp_path, 6, best_of=3)
     assert report["best_of"] == 3 and boards.shape == (6, good.size)

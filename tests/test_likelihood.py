@@ -10,7 +10,7 @@ from pyro.infer import Importance
 
 from gram_pyro.likelihood import estimate, log_weights
 from gram_pyro.recursion import SharedRecursion
-from models.linear_gaussian import LinearGaussian
+from tests.linear_gaussian import LinearGaussian
 from tests.helpers import tiny_programs
 
 

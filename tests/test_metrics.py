@@ -20,7 +20,7 @@ def test_coverage_counts_distinct_valid_answers_against_all_completions():
     full = metrics.coverage(task, split, samples)
     assert full["micro"] == 1.0 and full["macro"] == 1.0
     # a collapsed sampler (always the first completion) finds exactly one answer per input
-    first = np.repeat(split.first_targets()[:, None], n, axis=1)
+    first = np.repeat(split.completions[split.offsets[:-1], None], n, axis=1)
     one = metrics.coverage(task, split, first)
     assert np.all(one["found"] == 1)
     assert np.isclose(one["micro"], m / split.num_completions.sum())

@@ -9,6 +9,7 @@ from pyro import poutine
 from gram_pyro.elbo import GramELBO
 from gram_pyro.inference import prior_rollouts
 from gram_pyro.recursion import SharedRecursion, transition_rules
+from gram_pyro.build import programs
 from tests.helpers import tiny_programs
 
 
@@ -132,3 +133,36 @@ def test_temperature_scales_only_the_prior_sigma():
         a, b = plain.nodes[site]["fn"].base_dist, cold.nodes[site]["fn"].base_dist
         assert torch.allclose(b.loc, a.loc)
         assert torch.allclose(b.scale, 0.25 * a.scale)
+
+
+def test_a_shared_store_never_hands_out_a_stale_proposal():
+    """Reusing one SharedRecursion with another input, or with another network (the EMA copy),
+    recomputes every proposal instead of returning the one computed for something else."""
+    import copy
+
+    task, cfg, net, model, guide = tiny_programs()
+    x, y = batch(task, cfg, 4)
+    shared = SharedRecursion()
+    transitions = cfg.n_supervision * cfg.t_high
+    with torch.no_grad():
+        # a guide run replayed by the model: every proposal is computed once and reused once
+        trace = poutine.trace(guide).get_trace(x, y, shared=shared)
+        poutine.replay(model, trace=trace)(x, y, shared=shared)
+        assert shared.computed == shared.reused == transitions
+        computed, reused = shared.computed, shared.reused
+        # another input of the same shape, replaying the same noise: nothing may be reused
+        x2 = x.flip(0)
+        out = poutine.replay(model, trace=trace)(x2, y, shared=shared)
+        assert shared.reused == reused
+        fresh = poutine.replay(model, trace=trace)(x2, y, shared=SharedRecursion())
+        assert torch.equal(out.h, fresh.h)
+        # another network (the EMA copy, weights moved): nothing may be reused either
+        other = copy.deepcopy(net)
+        for p in other.parameters():
+            p.add_(0.01)
+        other_model, _ = programs(other, cfg)
+        out = poutine.replay(other_model, trace=trace)(x, y, shared=shared)
+        assert shared.reused == reused
+        fresh = poutine.replay(other_model, trace=trace)(x, y, shared=SharedRecursion())
+        assert torch.equal(out.h, fresh.h)
+    assert shared.computed > computed

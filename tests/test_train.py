@@ -113,4 +113,26 @@ def test_nan_skip_skips_the_batch_and_counts_it(tmp_path):
     assert trainer.step == 7 and trainer.nan_skips == 1
     log = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["nan_skips_total"] == 1
-    assert all(np.isfinite(p.detach()).all() for p in trainer.net.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+
+
+def test_ema_is_torch_averaged_model_with_the_warmed_up_decay(tmp_path):
+    """The EMA is torch's AveragedModel and reproduces the rule it replaced: it starts at the
+    initial weights and its k-th update lerps with weight 1 - min(decay, (1 + k) / (10 + k))."""
+    from torch.optim.swa_utils import AveragedModel
+
+    trainer = Trainer(tiny_config(extra=["ema=0.5"]), tmp_path / "r", progress=False)
+    assert isinstance(trainer.ema, AveragedModel)
+    ema = {k: p.detach().clone() for k, p in trainer.net.named_parameters()}
+    for k in range(4):
+        with torch.no_grad():
+            for p in trainer.net.parameters():
+                p.add_(torch.randn_like(p))
+        trainer.ema.update_parameters(trainer.net)
+        d = min(0.5, (1 + k) / (10 + k))
+        for name, p in trainer.net.named_parameters():
+            ema[name] = d * ema[name] + (1 - d) * p.detach()
+    for name, p in trainer.ema_net.named_parameters():
+        assert torch.allclose(p, ema[name], atol=1e-6), name
+        assert not p.requires_grad
+    assert int(trainer.ema.n_averaged) - 1 == 4

@@ -86,10 +86,6 @@ class Split:
         """(input, completion) training pairs: each input repeated once per completion."""
         return np.repeat(self.inputs, self.num_completions, axis=0), self.completions
 
-    def first_targets(self) -> np.ndarray:
-        """One reference completion per input (the first), for teacher-forced metrics."""
-        return self.completions[self.offsets[:-1]]
-
     def sample(self, n: int | None, seed: int = 0) -> "Split":
         """A seeded random subset of ``n`` inputs (all when ``n`` is None or too large). Splits
         are stored in sorted order, so "the first n" would be a biased sample."""

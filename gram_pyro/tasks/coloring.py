@@ -1,4 +1,4 @@
-"""Graph 3-colouring (DESIGN §3): colour the n nodes of a graph with 3 colours so that no edge
+"""Graph 3-colouring (docs/design.md §8): colour the n nodes of a graph with 3 colours so that no edge
 joins two nodes of the same colour.
 
 Layout (``E = n(n-1)/2`` node pairs ``i < j`` in row-major order, as ``np.triu_indices(n, 1)``):

@@ -1,4 +1,4 @@
-"""N-Queens completion (DESIGN §3): place N non-attacking queens on an N x N board that keep the
+"""N-Queens completion (docs/design.md §8): place N non-attacking queens on an N x N board that keep the
 given ones.
 
 Tokens (cells row-major, ``seq_len = answer_len = N*N``):

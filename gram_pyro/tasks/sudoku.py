@@ -1,4 +1,4 @@
-"""Sudoku (DESIGN §3): fill an n x n grid (n = 4 or 9, boxes sqrt(n) x sqrt(n)) so that every row,
+"""Sudoku (docs/design.md §8): fill an n x n grid (n = 4 or 9, boxes sqrt(n) x sqrt(n)) so that every row,
 column and box holds each digit once, keeping the givens.
 
 Tokens (cells row-major, ``seq_len = answer_len = n*n``):
@@ -13,7 +13,7 @@ Data:
         completions. Inputs are split 85:15 by augmentation orbit (see :meth:`Sudoku.orbit_keys`),
         so no test puzzle, nor any augmented image of one, is a training input.
     sudoku-9: locally generated hard puzzles with a unique solution, the Sudoku-Extreme analogue
-        (that data set is out of reach here, DESIGN §3); ``csv=PATH`` reads its CSV instead.
+        (that data set is out of reach here, docs/design.md §8); ``csv=PATH`` reads its CSV instead.
         ``multi_fraction`` mixes in puzzles with 2..``max_solutions`` solutions.
     unconditional: the blank board; its completions are complete grids (the 288 for n=4, split
         85:15; random grids for n=9). With 288 grids in two augmentation orbits, augmenting

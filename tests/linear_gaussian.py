@@ -1,6 +1,6 @@
 """A linear-Gaussian instance of GRAM's trajectory model, where log p(y | x) is exact.
 
-Same shape of program as :mod:`models.gram` (a ``batch`` plate, an optional ``trajectories``
+Same shape of program as :mod:`gram_pyro.models.gram` (a ``batch`` plate, an optional ``trajectories``
 plate, one site ``eps_0_{t}`` per transition, the observation last), with every piece linear::
 
     h_0 = x,   u_t = A h_{t-1},   eps_t ~ N(0, s^2 I),   h_t = u_t + eps_t,   y ~ N(C h_T, r^2 I)
@@ -19,7 +19,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models.gram import plates
+from gram_pyro.models.gram import plates
 
 
 class LinearGaussian:

@@ -1,0 +1,63 @@
+"""The metrics log of a run folder, ``metrics.jsonl``: one JSON object per evaluation.
+
+Each record summarizes the optimizer steps since the last one (means of the loss, its terms, the
+KL per transition t averaged over supervision steps, the gradient norm and learning rate, skipped
+batches) and adds the evaluation's prior-rollout figures on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEANS = ("loss", "recon", "kl_total", "act", "posterior_acc", "prior_batch_acc", "grad_norm", "lr")
+
+
+class MetricsLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def reset(self) -> None:
+        self.path.write_text("")
+
+    def keep_until(self, step: int) -> None:
+        """Drop records after ``step`` (a resumed run continues from its checkpoint's step)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def summarize(window: list[dict], step: int, nan_skips: int) -> dict:
+    """One record from the per-step logs of a window (``{"skipped": why}`` for skipped batches)."""
+    skipped = [w for w in window if "skipped" in w]
+    window = [w for w in window if "skipped" not in w] or [{"step": step}]
+    out = {"step": window[-1]["step"], "nan_skips_total": nan_skips, "nan_skips": len(skipped)}
+    if "loss" not in window[-1]:
+        return out
+    for key in MEANS:
+        out[key] = float(np.mean([w[key] for w in window]))
+    lprm = [w["lprm"] for w in window if w["lprm"]]
+    out["lprm"] = float(np.mean(lprm)) if lprm else None
+    per_t: dict[str, list] = {}  # site eps_{n}_{t} -> transition t
+    for w in window:
+        for site, v in w["kl"].items():
+            per_t.setdefault("t" + site.rsplit("_", 1)[1], []).append(v)
+    out["kl_per_transition"] = {k: float(np.mean(v)) for k, v in sorted(per_t.items())}
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
