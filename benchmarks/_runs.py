@@ -28,6 +28,20 @@ def train_and_evaluate(name, out: Path, *, task: str, minutes: float, seed: int,
     return report
 
 
+def train_run(out: Path, name: str, *, task: str, minutes: float, seed: int, overrides=(),
+              deterministic: bool = False) -> Path:
+    """A fresh run ``out/name-seed<seed>`` of ``task`` (``TASK-unconditional`` for p(x)) at the
+    `cpu` preset with ``overrides``, trained for ``minutes``."""
+    run = out / f"{name}-seed{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    unconditional = task.endswith("-unconditional")
+    cfg = make_config("cpu", list(overrides), task=task.removesuffix("-unconditional"), seed=seed,
+                      max_minutes=minutes, deterministic=deterministic or None,
+                      unconditional=unconditional or None)
+    Trainer(cfg, run, progress=False).fit()
+    return run
+
+
 def tiny_run(task: str = "nqueens-6", unconditional: bool = False, eval_inputs: int = 8) -> Path:
     """A run trained for 20 steps at a tiny size in a fresh temporary folder: what the --quick
     mode of the scripts that read a trained run (loglik, selection, generation) evaluates."""
@@ -43,3 +57,30 @@ def tiny_run(task: str = "nqueens-6", unconditional: bool = False, eval_inputs: 
 def mean_sd(values) -> str:
     v = 100 * np.asarray(values, dtype=float)
     return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def measure_run(folder: Path, task: str, seed: int, limit: int | None, gen_samples: int) -> dict:
+    """Prior-rollout quality of one run folder, the way the quality benchmarks report it:
+    conditional tasks on the test split with 20 samples per input and the whole supervision
+    budget (sample accuracy, micro and macro coverage@20, colouring conflicts per sample and, with
+    one sample per input, summed over the test set); unconditional tasks (``TASK-unconditional``)
+    by ``gram generate``'s defaults on ``gen_samples`` boards."""
+    from gram_pyro.checkpoint import load_checkpoint
+
+    steps = int(load_checkpoint(folder)["step"])
+    if task.endswith("-unconditional"):
+        from gram_pyro.generate import generate
+
+        r = generate(folder, gen_samples, seed=seed)[0]
+        return {"steps": steps, "valid": r["valid"], "distinct_valid": r["distinct_valid"],
+                "coverage": r.get("coverage", float("nan"))}
+    from gram_pyro.evaluate import evaluate_run
+
+    r, traj, part, t, _ = evaluate_run(folder, samples=20, limit=limit, seed=seed, act=False)
+    out = {"steps": steps, "acc": r["sample_accuracy"], "cov_micro": r["coverage_micro"],
+           "cov_macro": r["coverage_macro"]}
+    if "conflicts_per_sample" in r:
+        out["conflicts"] = r["conflicts_per_sample"]
+        first = t.conflicts(part.inputs, traj.answers[:, 0])  # one sample per input
+        out["conflicts_total"] = int(np.sum(first))
+    return out

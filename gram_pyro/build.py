@@ -48,7 +48,8 @@ def build_net(task, cfg: Config, device="cpu") -> GramNet:
                       n_layers=cfg.n_layers, block=cfg.block, n_heads=cfg.n_heads,
                       expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
                       sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
-                      critic_layers=cfg.critic_layers)
+                      critic_layers=cfg.critic_layers,
+                      links=task.links() if cfg.links else None)
     return net.to(resolve_device(device))
 
 

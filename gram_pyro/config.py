@@ -23,11 +23,17 @@ class Config:
     Model: ``d_model`` (D), ``n_layers`` blocks per f, ``block`` ("mixer"/"attention"),
         ``n_heads``, ``expansion`` (SwiGLU width factor), ``share_core`` (f_low = f_high),
         ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``, ``critic_layers`` (blocks of the
-        critic that the ACT and LPRM heads read the state through; 0: linear probes).
+        critic that the ACT and LPRM heads read the state through; 0: linear probes), ``links``
+        (the encoder also reads the task's structure, :meth:`~gram_pyro.tasks.base.Task.links`:
+        a colouring node its adjacency row, a Sudoku cell its peers; the input is unchanged).
     Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup).
     Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
         ``lprm_weight``.
+    Joint critic: with ``joint_critic`` each supervision step also runs a prior chain (no y, no
+        gradient into the trunk) on which the ACT and LPRM heads learn (``act_weight``,
+        ``lprm_weight``); without it, training is the ELBO alone and the critic learns only in
+        the final fit.
     Critic fit (:mod:`gram_pyro.critic`): after training, the critic is refitted on prior
         rollouts of the EMA model: ``critic_fit_steps`` optimizer steps (0: off) on
         ``critic_fit_trajectories`` trajectories of each of up to ``critic_fit_inputs``
@@ -42,6 +48,8 @@ class Config:
         heads, decoder, KLs and log-probabilities stay float32).
     Logging: ``eval_interval`` (optimizer steps), ``eval_inputs`` (validation inputs per
         evaluation), ``eval_samples`` (prior trajectories per input), ``checkpoint_minutes``,
+        ``snapshot_minutes`` (a loadable copy of the run in ``DIR/snapshots/<m>min`` once training
+        time reaches each m: one run measured at several budgets),
         ``pyro_validation`` (Pyro validation during training: slower, for debugging and tests).
     """
 
@@ -62,6 +70,7 @@ class Config:
     sigma_floor: float = 1e-3
     init_sigma: float = 1.0
     critic_layers: int = 1
+    links: bool = True  # the encoder reads the task's structure links (Task.links), if any
     # recursion
     k_low: int = 2
     t_high: int = 2
@@ -78,6 +87,11 @@ class Config:
     beta: float = 1.0
     kl_balance: float = 0.8
     deterministic: bool = False
+    # Fitting the critic on a prior chain during training costs a third of every step and its
+    # gradients share the global clipping norm with the model's; measured on N-Queens 8x8 at 3
+    # CPU minutes (docs/RESULTS.md, recipe_nqueens-8) the ELBO alone trained faster and better,
+    # and the final fit then trains the critic on the finished model.
+    joint_critic: bool = False
     act_weight: float = 1.0
     lprm_weight: float = 1.0
     critic_fit_steps: int = 600
@@ -86,11 +100,11 @@ class Config:
     critic_fit_share: float = 0.1
     # optimisation
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    warmup_steps: int = 200
+    warmup_steps: int = 50
     lr_schedule: str = "cosine"
     ema: float = 0.999
     augment: bool = True
@@ -102,6 +116,7 @@ class Config:
     eval_inputs: int = 256
     eval_samples: int = 4
     checkpoint_minutes: float = 2.0
+    snapshot_minutes: tuple = ()  # loadable copies of the run at these training minutes
     on_nan: str = "stop"  # "stop" (clear error, last checkpoint intact) or "skip" the batch
     pyro_validation: bool = False  # Pyro's shape / support checks on every step (tests turn them on)
 
@@ -127,6 +142,8 @@ class Config:
                             "critic_fit_trajectories >= 1")
         if not 0 <= self.critic_fit_share < 1:
             raise UserError(f"critic_fit_share must lie in [0, 1), got {self.critic_fit_share}")
+        if any(not m > 0 for m in self.snapshot_minutes):
+            raise UserError(f"snapshot_minutes must be positive, got {self.snapshot_minutes}")
         if self.critic_layers < 0:
             raise UserError(f"critic_layers must be >= 0, got {self.critic_layers}")
         if self.beta < 0 or self.lr <= 0 or self.sigma_floor <= 0:
@@ -147,8 +164,10 @@ class Config:
         d = dict(d)
         d.setdefault("critic_layers", 0)  # runs saved before the critic existed had linear heads
         d.setdefault("critic_fit_steps", 0)  # nor a final critic fit
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        d.setdefault("links", False)  # nor structure links in the encoder
+        for f in dataclasses.fields(cls):  # JSON has lists where the config has tuples
+            if isinstance(f.default, tuple) and f.name in d:
+                d[f.name] = tuple(d[f.name])
         return cls(**d)
 
 
@@ -159,7 +178,7 @@ PRESETS = {
     # T=3, N_sup=16, AdamW lr 1e-4, wd 1.0, batch 768, EMA 0.9999, 2k warm-up.
     "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
                   n_prefix=16, k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
-                  batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000,
+                  batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000, joint_critic=True,
                   eval_interval=2000, eval_inputs=1024),
 }
 

@@ -25,13 +25,30 @@ from gram_pyro.inference import prior_rollouts
 from gram_pyro.tasks import get_task
 
 
+def pick(values: np.ndarray, rule: str, threshold: float = 0.5) -> np.ndarray:
+    """Which of K trajectories each board keeps, from their LPRM values ``[n, K]``.
+
+    ``best``: the highest value. ``screen``: the first whose value exceeds ``threshold`` (the
+    LPRM's "this one is valid"), else the highest. Screening keeps the model's own distribution
+    over the boards the LPRM accepts, where ``best`` concentrates on the boards the LPRM likes
+    most and so covers fewer of them.
+    """
+    best = values.argmax(axis=1)
+    if rule == "best":
+        return best
+    if rule != "screen":
+        raise ValueError(f"unknown pick rule {rule!r}; use 'screen' or 'best'")
+    accepted = values > threshold
+    return np.where(accepted.any(axis=1), accepted.argmax(axis=1), best)
+
+
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
              chunk_size: int = 512, temperature: float = 1.0, best_of: int = 1,
-             device: str = "cpu"):
+             pick_rule: str = "screen", device: str = "cpu"):
     """``(report, boards [n, A], valid [n], task)`` for an unconditional run.
 
-    ``best_of`` K > 1: every board is the one of K independent trajectories that the LPRM rates
-    highest (its final value), so validity rises as far as the LPRM can tell valid boards from
+    ``best_of`` K > 1: each board is chosen among K independent trajectories by their LPRM
+    values (:func:`pick`), so validity rises as far as the LPRM can tell valid boards from
     invalid ones, at K times the compute; the exact checker is only used to measure.
     """
     task, cfg, net = load_run(run_dir, device=resolve_device(device))
@@ -51,12 +68,12 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
             traj = prior_rollouts(model, np.zeros((n, task.seq_len), np.int64), best_of,
                                   max_steps=max_steps, act=act, chunk_size=chunk_size,
                                   temperature=temperature)
-            boards = traj.answers[np.arange(n), traj.values.argmax(axis=1)]
+            boards = traj.answers[np.arange(n), pick(traj.values, pick_rule)]
     seconds = time.perf_counter() - start
     stats = metrics.generation_stats(task, boards)
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
               **stats, "mean_steps": float(traj.steps.mean()), "temperature": temperature,
-              "best_of": best_of,
+              "best_of": best_of, "pick": pick_rule if best_of > 1 else None,
               "seconds": seconds,
               "boards_per_second": n / seconds}
     return report, boards, task.is_valid(boards), task
@@ -88,7 +105,8 @@ def format_generation(r: dict) -> str:
              f"{r['seconds']:.1f}s ({r['boards_per_second']:.0f} boards/s), mean steps "
              f"{r['mean_steps']:.2f}" + (f", temperature {r['temperature']:g}"
                                         if r.get("temperature", 1.0) != 1.0 else "")
-             + (f", LPRM best of {r['best_of']} per board" if r.get("best_of", 1) > 1 else ""),
+             + (f", LPRM {r['pick']} of {r['best_of']} trajectories per board"
+                if r.get("best_of", 1) > 1 else ""),
              f"  valid: {100 * r['valid']:.2f}%   unique fraction: {100 * r['unique_fraction']:.2f}%   "
              f"distinct valid boards: {r['distinct_valid']}"]
     if "coverage" in r:

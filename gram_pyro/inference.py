@@ -24,7 +24,8 @@ class Trajectories:
     answers ``[M, N, A]``: the decoded answer at halt (or at the last step).
     values ``[M, N]``: the LPRM value of the final state.
     steps ``[M, N]``: supervision steps taken (ACT) or the budget.
-    step_answers ``[S, M, N, A]`` and step_values ``[S, M, N]``: after every step (``record``).
+    step_answers ``[S, M, N, A]``, step_values and step_halts ``[S, M, N]`` (the ACT head's
+    halting probability): after every step (``record``), frozen once a trajectory halts.
     """
 
     answers: np.ndarray
@@ -32,6 +33,47 @@ class Trajectories:
     steps: np.ndarray
     step_answers: np.ndarray | None = None
     step_values: np.ndarray | None = None
+    step_halts: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class HaltRule:
+    """When ACT stops a trajectory: after a supervision step whose halting probability
+    ``sigmoid(q_halt)`` exceeds ``threshold`` and, with ``stable``, whose decoded answer is the
+    one of the step before (so a trajectory still changing its answer runs on). Works on torch
+    tensors (during rollouts) and numpy arrays (replaying recorded rollouts)."""
+
+    threshold: float = 0.5
+    stable: bool = False
+
+    def __call__(self, p_halt, answer, previous):
+        halt = p_halt > self.threshold
+        if self.stable:
+            same = (answer == previous).all(-1) if previous is not None else halt & False
+            halt = halt & same
+        return halt
+
+    def __str__(self) -> str:
+        return f"p_halt > {self.threshold:g}" + (" and the answer unchanged" if self.stable else "")
+
+
+ACT = HaltRule(0.5)  # the default rule; benchmarks/act.py measures the alternatives
+
+
+def replay_halting(traj: Trajectories, rule: HaltRule) -> tuple[np.ndarray, np.ndarray]:
+    """``(answers [M, N, A], steps [M, N])`` that ``rule`` would have given, from rollouts
+    recorded without ACT (the answer at the halting step, or at the last step)."""
+    s_max = len(traj.step_answers)
+    halted = np.zeros(traj.step_halts.shape[1:], dtype=bool)
+    steps = np.full(halted.shape, s_max)
+    answers = traj.step_answers[-1].copy()
+    for s in range(s_max):
+        previous = traj.step_answers[s - 1] if s else None
+        now = rule(traj.step_halts[s], traj.step_answers[s], previous) & ~halted
+        answers[now] = traj.step_answers[s][now]
+        steps[now] = s + 1
+        halted |= now
+    return answers, steps
 
 
 def _freeze(halted, new, old):
@@ -44,16 +86,18 @@ DEFAULT_CHUNK = 512  # trajectories per batched pass: larger passes thrash memor
 
 @torch.no_grad()
 def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | None = None,
-                   act: bool = False, record: bool = False, temperature: float = 1.0,
+                   act: bool | HaltRule = False, record: bool = False, temperature: float = 1.0,
                    chunk_size: int | None = DEFAULT_CHUNK) -> Trajectories:
     """Sample ``num_samples`` prior trajectories for every row of ``x`` ``[M, L]``.
 
     At most ``chunk_size`` trajectories (inputs x samples) go through one batched pass: inputs
     are taken ``chunk_size // num_samples`` at a time, and when one input's samples alone
     exceed the chunk they are split too. Results are identical in distribution either way.
-    ``temperature`` scales the prior's sigma (1: the trained model). Everything runs on the
-    model's device.
+    ``act``: False runs every trajectory for ``max_steps``; a :class:`HaltRule` (True: the
+    default rule, :data:`ACT`) halts each on its own. ``temperature`` scales the prior's sigma
+    (1: the trained model). Everything runs on the model's device.
     """
+    rule = ACT if act is True else (act or None)
     x = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)
     max_steps = max_steps or model.n_supervision
     chunk_size = chunk_size or len(x) * num_samples
@@ -62,7 +106,7 @@ def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | No
     rows = []
     for i in range(0, len(x), inputs_per_chunk):
         xi = x[i:i + inputs_per_chunk]
-        parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, act, record,
+        parts = [_rollout_chunk(model, xi, min(per_pass, num_samples - j), max_steps, rule, record,
                                 temperature)
                  for j in range(0, num_samples, per_pass)]
         rows.append(_concat(parts, sample_axis=True))
@@ -81,41 +125,39 @@ def _concat(parts: list[dict], sample_axis: bool) -> dict:
     return out
 
 
-def _rollout_chunk(model, x, n, max_steps, act, record, temperature=1.0):
-    net = model.net
+def _rollout_chunk(model, x, n, max_steps, rule, record, temperature=1.0):
     state = None
     halted = torch.zeros(n, len(x), dtype=torch.bool, device=x.device)
     steps = torch.zeros(n, len(x), dtype=torch.long, device=x.device)
-    answers = values = None
-    step_answers, step_values = [], []
+    answers = values = p_halt = None
+    records = {"step_answers": [], "step_values": [], "step_halts": []}
     for s in range(max_steps):
         out = model(x, steps=[s], state=state, num_samples=n, temperature=temperature)
-        new_answers = out.logits.argmax(-1)
-        new_values = out.values[-1]
+        new = (out.logits.argmax(-1), out.values[-1], torch.sigmoid(out.halt_logits[-1]))
+        previous = answers
         if state is None:
-            h, l, answers, values = out.h, out.l, new_answers, new_values
+            h, l = out.h, out.l
+            answers, values, p_halt = new
         else:
             h, l = _freeze(halted, out.h, state[0]), _freeze(halted, out.l, state[1])
-            answers = _freeze(halted, new_answers, answers)
-            values = _freeze(halted, new_values, values)
+            answers, values, p_halt = (_freeze(halted, a, b)
+                                       for a, b in zip(new, (answers, values, p_halt)))
         steps += (~halted).long()
         state = (h, l)
         if record:
-            step_answers.append(answers.transpose(0, 1).cpu().numpy())
-            step_values.append(values.transpose(0, 1).cpu().numpy())
-        if act:
-            halted |= torch.sigmoid(out.halt_logits[-1]) > 0.5
-            if bool(halted.all()):
-                # nothing changes any more; repeat the frozen answers for the record
+            for key, v in zip(records, (answers, values, p_halt)):
+                records[key].append(v.transpose(0, 1).cpu().numpy())
+        if rule is not None:
+            halted |= rule(p_halt, answers, previous)
+            if bool(halted.all()):  # nothing changes any more; the record repeats the last step
                 for _ in range(s + 1, max_steps):
-                    if record:
-                        step_answers.append(step_answers[-1])
-                        step_values.append(step_values[-1])
+                    for v in records.values():
+                        if v:
+                            v.append(v[-1])
                 break
     return {
         "answers": answers.transpose(0, 1).cpu().numpy(),
         "values": values.transpose(0, 1).cpu().numpy(),
         "steps": steps.transpose(0, 1).cpu().numpy(),
-        "step_answers": np.stack(step_answers) if record else None,
-        "step_values": np.stack(step_values) if record else None,
+        **{k: np.stack(v) if record else None for k, v in records.items()},
     }

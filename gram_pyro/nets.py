@@ -121,18 +121,37 @@ class RecursiveNet(nn.Module):
 
 
 class Encoder(nn.Module):
-    """``e_x = embed(x) * sqrt(D) + pos``; prefix tokens get learned embeddings of their own."""
+    """``e_x = embed(x) * sqrt(D) + pos``; prefix tokens get learned embeddings of their own.
 
-    def __init__(self, vocab: int, seq_len: int, d_model: int, n_prefix: int):
+    With ``links`` ``[L, F]`` (the task's structure, :meth:`~gram_pyro.tasks.base.Task.links`)
+    position p also adds ``sum_f E_f[x[links[p, f]]] * sqrt(D / F)``, one embedding table per
+    slot f, over its linked positions (-1: none): a colouring node sees its adjacency row, a
+    Sudoku cell its peers' givens. The input format is unchanged; only the encoder reads more.
+    """
+
+    def __init__(self, vocab: int, seq_len: int, d_model: int, n_prefix: int, links=None):
         super().__init__()
         self.scale = math.sqrt(d_model)
         self.embed = nn.Embedding(vocab, d_model)
         self.prefix = nn.Parameter(torch.randn(n_prefix, d_model) / self.scale)
         self.pos = nn.Parameter(torch.randn(n_prefix + seq_len, d_model) / self.scale)
         nn.init.normal_(self.embed.weight, std=1.0 / self.scale)
+        self.link_embed = None
+        if links is not None:
+            links = torch.as_tensor(links, dtype=torch.long)
+            slots = links.shape[1]
+            self.register_buffer("links", links.clamp_min(0), persistent=False)
+            self.register_buffer("link_mask", (links >= 0).float()[..., None], persistent=False)
+            self.register_buffer("slot_offset", torch.arange(slots) * vocab, persistent=False)
+            self.link_embed = nn.Embedding(slots * vocab, d_model)
+            nn.init.normal_(self.link_embed.weight, std=1.0 / self.scale)
+            self.link_scale = math.sqrt(d_model / slots)
 
     def forward(self, x):
         tokens = self.embed(x) * self.scale
+        if self.link_embed is not None:
+            linked = self.link_embed(x[..., self.links] + self.slot_offset) * self.link_mask
+            tokens = tokens + linked.sum(-2) * self.link_scale
         prefix = self.prefix.expand(*x.shape[:-1], *self.prefix.shape) * self.scale
         return torch.cat([prefix, tokens], dim=-2) + self.pos
 
@@ -168,17 +187,19 @@ class GramNet(nn.Module):
         n_prefix: P learned prefix tokens; heads read token 0.
         critic_layers: blocks of the critic the ACT and LPRM heads read through (0: the heads are
             linear probes of token 0 of h itself).
+        links: the task's structure links for the encoder (see :class:`Encoder`), or None.
     """
 
     def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
                  d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
-                 share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1):
+                 share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1,
+                 links=None):
         super().__init__()
         self.seq_len, self.n_prefix = seq_len, n_prefix
         self.answer_len, self.answer_vocab = answer_len, answer_vocab
         self.answer_start = n_prefix + answer_offset
         total = n_prefix + seq_len
-        self.encoder = Encoder(input_vocab, seq_len, d_model, n_prefix)
+        self.encoder = Encoder(input_vocab, seq_len, d_model, n_prefix, links)
         self.f_high = RecursiveNet(total, d_model, n_layers, expansion, block, n_heads)
         self.f_low = self.f_high if share_core else RecursiveNet(total, d_model, n_layers,
                                                                  expansion, block, n_heads)

@@ -45,8 +45,9 @@ def summarize(window: list[dict], step: int, nan_skips: int) -> dict:
     if "loss" not in window[-1]:
         return out
     for key in MEANS:
-        out[key] = float(np.mean([w[key] for w in window]))
-    lprm = [w["lprm"] for w in window if w["lprm"]]
+        if key in window[-1]:  # act, lprm and prior_batch_acc only with the joint critic
+            out[key] = float(np.mean([w[key] for w in window]))
+    lprm = [w["lprm"] for w in window if w.get("lprm")]
     out["lprm"] = float(np.mean(lprm)) if lprm else None
     per_t: dict[str, list] = {}  # site eps_{n}_{t} -> transition t
     for w in window:

@@ -42,8 +42,10 @@ class SupervisionStep(nn.Module):
     """
 
     def __init__(self, net, model, guide, elbo, rules, task, *, act_weight: float,
-                 lprm_weight: float, n_supervision: int, precision: str = "fp32"):
+                 lprm_weight: float, n_supervision: int, precision: str = "fp32",
+                 joint_critic: bool = True):
         super().__init__()
+        self.joint_critic = joint_critic
         self.net = net
         self.model, self.guide, self.elbo, self.rules, self.task = model, guide, elbo, rules, task
         self.act_weight, self.lprm_weight = act_weight, lprm_weight
@@ -69,42 +71,45 @@ class SupervisionStep(nn.Module):
         return torch.as_tensor(ok, dtype=torch.float32, device=x.device)
 
     def forward(self, x, y, n: int, post_state=None, prior_state=None, prior_states=()):
-        net, last = self.net, n == self.n_supervision - 1
         shared = SharedRecursion()
         # the elbo is looked up on every call: tests swap its particle_terms to inject NaNs
         terms = next(self.elbo.particle_terms(
             self._under_autocast(self.model), self._under_autocast(self.guide), x, y,
             steps=[n], state=post_state, shared=shared, rules=self.rules, heads=False))
         loss = -terms["surrogate"].mean()
-        # the prior chain: no y, no gradient into the trunk; only the critic and heads learn
+        post_state = tuple(s.detach() for s in shared.final_state)
+        with torch.no_grad():
+            post_ok = self.correct(x, self.net.decode(post_state[0])).mean()
+        out = {"post_state": post_state, "recon": -terms["recon"].mean().detach(),
+               "kl": {k: v.mean() for k, v in terms["kl"].items()},
+               "kl_total": terms["kl_total"].mean(), "posterior_acc": post_ok}
+        if self.joint_critic:
+            critic_loss, critic_out = self.critic_loss(x, n, prior_state, prior_states)
+            loss = loss + critic_loss
+            out.update(critic_out)
+        return loss, out
+
+    def critic_loss(self, x, n: int, prior_state, prior_states):
+        """Step n of the prior chain (no y, no gradient into the trunk) and the critic's losses
+        on it: ``act_weight * ACT + lprm_weight * LPRM`` (LPRM on the last step only)."""
+        net, last = self.net, n == self.n_supervision - 1
         with torch.no_grad(), self.autocast(x):
             prior = self.model(x, steps=[n], state=prior_state, heads=False)
         answer_ok = self.correct(x, prior.logits)
-        if last:
-            score = self.task.score(x.cpu().numpy(), prior.logits.argmax(-1).cpu().numpy())
-            score = torch.as_tensor(score, dtype=torch.float32, device=x.device)
         with self.autocast(x):
             if last:  # the value of every step's state is judged against the final answer
                 halt_logits, value_logits = net.judge(torch.stack([*prior_states, prior.h]))
                 halt_logit = halt_logits[-1]
             else:
                 halt_logit, _ = net.judge(prior.h)
-        lprm_loss = (F.binary_cross_entropy_with_logits(
-            value_logits, score.expand_as(value_logits)) if last
-            else torch.zeros((), device=x.device))
-        if last:
-            loss = loss + self.lprm_weight * lprm_loss
         act_loss = F.binary_cross_entropy_with_logits(halt_logit, answer_ok)
-        loss = loss + self.act_weight * act_loss
-
-        post_state = tuple(s.detach() for s in shared.final_state)
-        with torch.no_grad():
-            post_ok = self.correct(x, net.decode(post_state[0])).mean()
-        return loss, {
-            "post_state": post_state, "prior_state": (prior.h, prior.l),
-            "recon": -terms["recon"].mean().detach(),
-            "kl": {k: v.mean() for k, v in terms["kl"].items()},
-            "kl_total": terms["kl_total"].mean(),
-            "act": act_loss.detach(), "lprm": lprm_loss.detach(),
-            "posterior_acc": post_ok, "prior_batch_acc": answer_ok.mean(),
-        }
+        loss = self.act_weight * act_loss
+        lprm_loss = torch.zeros((), device=x.device)
+        if last:
+            score = self.task.score(x.cpu().numpy(), prior.logits.argmax(-1).cpu().numpy())
+            score = torch.as_tensor(score, dtype=torch.float32, device=x.device)
+            lprm_loss = F.binary_cross_entropy_with_logits(value_logits,
+                                                           score.expand_as(value_logits))
+            loss = loss + self.lprm_weight * lprm_loss
+        return loss, {"prior_state": (prior.h, prior.l), "act": act_loss.detach(),
+                      "lprm": lprm_loss.detach(), "prior_batch_acc": answer_ok.mean()}

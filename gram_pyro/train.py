@@ -55,6 +55,9 @@ from gram_pyro.supervision import SupervisionStep
 from gram_pyro.tasks import get_task
 
 
+LOGGED = ("recon", "kl_total", "posterior_acc", "act", "lprm", "prior_batch_acc")  # per step
+
+
 def ema_of(net, decay: float) -> AveragedModel:
     """The exponential moving average of ``net``'s weights that evaluation uses, as torch's
     :class:`~torch.optim.swa_utils.AveragedModel`. It starts at the initial weights, and its k-th
@@ -127,7 +130,8 @@ class Trainer:
         self.rules = transition_rules(cfg.objective, cfg.t_high)
         step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules, self.task,
                                act_weight=cfg.act_weight, lprm_weight=cfg.lprm_weight,
-                               n_supervision=cfg.n_supervision, precision=cfg.precision)
+                               n_supervision=cfg.n_supervision, precision=cfg.precision,
+                               joint_critic=cfg.joint_critic)
         # DDP averages the gradients over the ranks in backward; find_unused_parameters because
         # the LPRM head (and, in the baseline, the Gaussian heads) get no loss on some steps
         self.step_loss = DistributedDataParallel(
@@ -154,6 +158,7 @@ class Trainer:
             if self.group.main:
                 (self.out / "config.json").write_text(cfg.to_json())
                 self.log.reset()
+        self._snapshots_taken = {m for m in cfg.snapshot_minutes if self.elapsed >= m * 60}
 
     def _checkpoint_to_resume(self, resume: bool) -> dict | None:
         if (self.out / CHECKPOINT).exists():
@@ -245,15 +250,16 @@ class Trainer:
         x, y = self.sample_batch()
         post_state = prior_state = None
         prior_states, logs = [], []
-        names = ["loss", "recon", "kl_total", "act", "lprm", "posterior_acc", "prior_batch_acc"]
         for n in range(cfg.n_supervision):
             loss, out = self.step_loss(x, y, n, post_state, prior_state, tuple(prior_states))
-            prior_states.append(out["prior_state"][0])
+            if "prior_state" in out:  # the critic's prior chain (joint_critic)
+                prior_states.append(out["prior_state"][0])
             for group in self.opt.param_groups:
                 group["lr"] = self.schedule.lr(self.step)
             self.opt.zero_grad(set_to_none=True)
-            pieces = {"reconstruction": out["recon"], "KL": out["kl_total"], "ACT": out["act"],
-                      "LPRM": out["lprm"]}
+            names = ["loss", *(k for k in LOGGED if k in out)]
+            pieces = {label: out[k] for k, label in (("recon", "reconstruction"), ("kl_total", "KL"),
+                                                     ("act", "ACT"), ("lprm", "LPRM")) if k in out}
             bad = non_finite(loss, pieces, "loss")
             # one all-reduce: the ranks agree on skipping (else DDP's backward would deadlock)
             # and get the global means for the logs
@@ -280,7 +286,7 @@ class Trainer:
             self.opt.step()
             self.ema.update_parameters(net)
             self.step += 1
-            post_state, prior_state = out["post_state"], out["prior_state"]
+            post_state, prior_state = out["post_state"], out.get("prior_state")
             logs.append({"step": self.step, **dict(zip(names, means)),
                          "kl": dict(zip(out["kl"], means[len(names):])),
                          "grad_norm": float(grad_norm), "lr": self.opt.param_groups[0]["lr"]})
@@ -327,6 +333,7 @@ class Trainer:
                 raise UserError(f"100 batches in a row had a non-finite loss at step {self.step}; "
                                 "stopping (lower lr or beta)")
             self.schedule.replan(self.step, self.elapsed)
+            self._snapshot_if_due()
             bar.total = self.schedule.total_steps
             bar.update(self.step - before)
             if self.step // cfg.eval_interval != before // cfg.eval_interval \
@@ -345,6 +352,20 @@ class Trainer:
             self.log.append(summarize(window, self.step, self.nan_skips) | last_eval)
         self.save()
         return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
+
+    def _snapshot_if_due(self) -> None:
+        """At each of ``snapshot_minutes`` of training time, a loadable copy of the run in
+        ``DIR/snapshots/<m>min`` (checkpoint and config; a collective under torchrun)."""
+        for minutes in self.cfg.snapshot_minutes:
+            if minutes in self._snapshots_taken or self.elapsed < minutes * 60:
+                continue
+            state = self.state_dict()
+            if self.group.main:
+                folder = self.out / "snapshots" / f"{minutes:g}min"
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_save(state, folder / CHECKPOINT)
+                (folder / "config.json").write_text(self.cfg.to_json())
+            self._snapshots_taken.add(minutes)
 
     def fit_critic(self) -> None:
         """Refit the EMA model's critic on its own prior rollouts (:mod:`gram_pyro.critic`).

@@ -13,7 +13,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
-           "selection", "ddp", "beta", "generation", "throughput"]
+           "selection", "ddp", "beta", "generation", "throughput", "time_to_quality", "act", "recipe"]
 
 
 def test_every_script_is_listed():

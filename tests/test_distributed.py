@@ -26,7 +26,9 @@ from tests.helpers import TINY, tiny_config, tiny_programs
 
 # noise-free and augmentation-free: a 2-process run is the 1-process run up to float rounding
 EXACT = ["deterministic=true", "augment=false", "steps=8", "eval_interval=4"]
-GRAM = ["steps=8", "eval_interval=4"]  # the stochastic model: each rank draws its own noise
+# the stochastic model, each rank drawing its own noise; with the joint critic (the paper preset's
+# path), so that every parameter, the critic's too, trains under DDP
+GRAM = ["steps=8", "eval_interval=4", "joint_critic=true"]
 EXACT_TOL = 1e-4  # |loss difference| per step: float reduction order only
 GRAM_TOL = 0.25   # relative, per step: different noise draws, the same model and data
 

@@ -5,13 +5,14 @@ import json
 
 import numpy as np
 import pyro
+import pytest
 import pyro.distributions as dist
 import torch
 
 from gram_pyro.build import build_net
 from gram_pyro.config import make_config
 from gram_pyro.evaluate import evaluate_run, write_dump
-from gram_pyro.inference import prior_rollouts
+from gram_pyro.inference import HaltRule, prior_rollouts, replay_halting
 from gram_pyro.select import select
 from gram_pyro.smc import ess, lprm_smc, systematic_resample
 from gram_pyro.tasks import get_task
@@ -82,6 +83,25 @@ def test_act_halts_each_trajectory_on_its_own():
     assert (full.steps == 6).all()
 
 
+@pytest.mark.parametrize("rule", [HaltRule(0.5), HaltRule(0.7, stable=True), HaltRule(0.0, stable=True)])
+def test_replaying_a_halting_rule_on_a_record_equals_running_it(rule):
+    """replay_halting on rollouts recorded without ACT gives what the rule gives online."""
+    task, cfg, net, model, guide = tiny_programs(extra=["n_supervision=5"])
+    with torch.no_grad():
+        net.halt_head.weight.normal_(0, 3.0)
+        net.halt_head.bias.zero_()
+    x = task.build(seed=0).test.inputs[:4]
+    pyro.set_rng_seed(3)
+    recorded = prior_rollouts(model, x, 8, record=True)
+    pyro.set_rng_seed(3)
+    online = prior_rollouts(model, x, 8, act=rule)
+    answers, steps = replay_halting(recorded, rule)
+    assert np.array_equal(steps, online.steps) and np.array_equal(answers, online.answers)
+    assert 1 < steps.mean() < 5 or rule.stable  # the rule halts some trajectories, not all at once
+    if rule.stable:
+        assert (steps >= 2).all()  # an unchanged answer needs a step before it
+
+
 def _plain_valid(board: str, n: int) -> bool:
     queens = [divmod(i, n) for i, ch in enumerate(board) if ch == "Q"]
     return len(queens) == n and all(
@@ -134,7 +154,9 @@ def test_weighted_vote_sums_lprm_values_per_answer():
     assert (lprm[1] == c).all() and (weighted[1] == a).all()  # 1.5 for a beats 0.9 for c
 
 
-def test_generate_best_of_keeps_the_highest_lprm_trajectory(monkeypatch, tmp_path):
+def test_generate_best_of_picks_by_the_lprm(monkeypatch, tmp_path):
+    """``best`` keeps the highest-valued of K trajectories; ``screen`` the first the LPRM
+    accepts (value above 0.5), else the highest."""
     import gram_pyro.generate as generate_module
     from gram_pyro.inference import Trajectories
 
@@ -145,13 +167,17 @@ def test_generate_best_of_keeps_the_highest_lprm_trajectory(monkeypatch, tmp_pat
     def fake_rollouts(model, x, num_samples, **kw):
         m = len(x)
         answers = np.stack([np.stack([bad, good, other][:num_samples])] * m)  # [m, K, A]
-        values = np.tile(np.array([0.9, 0.95, 0.1])[:num_samples], (m, 1))
+        values = np.tile(np.array([0.4, 0.95, 0.9])[:num_samples], (m, 1))
         return Trajectories(answers, values, np.full((m, num_samples), 2))
 
     cfg = tiny_config("nqueens-4", ["steps=1"], unconditional=True)
     net = build_net(task, cfg)
     monkeypatch.setattr(generate_module, "load_run", lambda run_dir, device: (task, cfg, net))
     monkeypatch.setattr(generate_module, "prior_rollouts", fake_rollouts)
-    report, boards, valid, _ = generate_module.generate(tmp_path, 6, best_of=3)
+    report, boards, valid, _ = generate_module.generate(tmp_path, 6, best_of=3, pick_rule="best")
     assert report["best_of"] == 3 and boards.shape == (6, good.size)
     assert (boards == good).all() and valid.all() and report["valid"] == 1.0
+    assert (generate_module.generate(tmp_path, 6, best_of=3)[1] == good).all()  # first accepted
+    values = np.array([[0.6, 0.9, 0.2], [0.1, 0.3, 0.2], [0.2, 0.1, 0.7]])
+    assert list(generate_module.pick(values, "screen")) == [0, 1, 2]
+    assert list(generate_module.pick(values, "best")) == [1, 1, 2]

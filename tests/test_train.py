@@ -136,3 +136,29 @@ def test_ema_is_torch_averaged_model_with_the_warmed_up_decay(tmp_path):
         assert torch.allclose(p, ema[name], atol=1e-6), name
         assert not p.requires_grad
     assert int(trainer.ema.n_averaged) - 1 == 4
+
+
+def test_snapshots_are_loadable_runs_at_their_training_minutes(tmp_path):
+    cfg = tiny_config(extra=["steps=1000", "max_minutes=0.05", "snapshot_minutes=0.01,0.02",
+                             "critic_fit_steps=0"])
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer.fit()
+    steps = []
+    for m in ("0.01", "0.02"):
+        ckpt = load_checkpoint(tmp_path / "r" / "snapshots" / f"{m}min")
+        assert ckpt["elapsed"] >= float(m) * 60
+        steps.append(ckpt["step"])
+        load_run(tmp_path / "r" / "snapshots" / f"{m}min")
+    assert 0 < steps[0] <= steps[1] <= trainer.step
+
+
+def test_without_the_joint_critic_training_is_the_elbo_alone(tmp_path):
+    cfg = tiny_config(extra=["joint_critic=false", "steps=4", "eval_interval=2"])
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    logs = trainer.train_batch()
+    assert logs and all("act" not in log and "prior_batch_acc" not in log for log in logs)
+    assert trainer.net.halt_head.weight.grad is None  # the critic got no loss
+    trainer.fit()
+    record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_prior_acc" in record and "act" not in record
+    assert (tmp_path / "r" / "critic.json").exists()  # the final fit still fits the critic

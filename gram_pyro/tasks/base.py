@@ -215,6 +215,13 @@ class Task(ABC):
         trajectories are fully right."""
         return self.is_correct(inputs, answers).astype(np.float32)
 
+    def links(self) -> np.ndarray | None:
+        """Structure the encoder may read, without changing the input format: ``[seq_len, F]``
+        input positions (-1: none) whose tokens each position also embeds, slot by slot (a
+        colouring node reads the tokens of its incident edges, a Sudoku cell its 20 peers).
+        None: the task has none, or the blank input of p(x) carries none."""
+        return None
+
     def canonical(self, answers: np.ndarray) -> np.ndarray:
         """Map answers that count as the same solution to one representative (identity here;
         graph colouring factors out colour permutations)."""

@@ -146,6 +146,16 @@ class Coloring(Task):
         self.answer_len = self.seq_len if unconditional else n
         self.answer_offset = 0 if unconditional else self.edges
 
+    def links(self) -> np.ndarray | None:
+        """Node slot i reads the edge token of every pair (i, j), in slot j (its adjacency row);
+        edge tokens read nothing."""
+        if self.unconditional:
+            return None
+        index = np.full((self.n, self.n), -1, np.int64)
+        i, j = node_pairs(self.n)
+        index[i, j] = index[j, i] = np.arange(self.edges)
+        return np.concatenate([np.full((self.edges, self.n), -1, np.int64), index])
+
     # -- splitting a batch into graph and colours -----------------------------------------------
     def _graph_and_colours(self, inputs, answers) -> tuple[np.ndarray, np.ndarray]:
         """``[B, E]`` edge bits and ``[B, n]`` colours of a batch, in either form."""

@@ -126,6 +126,21 @@ class Sudoku(Task):
         self.answer_offset = 0
         self.unconditional = unconditional
 
+    def links(self) -> np.ndarray | None:
+        """Each cell reads its peers: the other cells of its row (by column), of its column (by
+        row), and of its box outside both (by index): 20 slots for 9x9, 7 for 4x4."""
+        if self.unconditional:
+            return None
+        geo = solver.geometry(self.n)
+        rows = []
+        for i in range(geo.cells):
+            row = [j for j in geo.row_units[geo.row[i]] if j != i]
+            col = [j for j in geo.col_units[geo.col[i]] if j != i]
+            box = [j for j in geo.box_units[geo.boxof[i]]
+                   if geo.row[j] != geo.row[i] and geo.col[j] != geo.col[i]]
+            rows.append(row + col + box)
+        return np.asarray(rows, dtype=np.int64)
+
     # -- text -----------------------------------------------------------------------------------
     def _parse_cells(self, text: str, what: str, blank_ok: bool) -> np.ndarray:
         s = clean_puzzle_text(text)
