@@ -85,6 +85,7 @@ class Config:
     # N-Queens 8x8 run with beta=0.1 reached 6% prior accuracy after 800 steps, beta=1 75% (not
     # in RESULTS). The paper preset restores the paper's betas.
     beta: float = 1.0
+    beta_anneal_steps: int = 0  # KL annealing: beta ramps up from 0 over this many steps
     kl_balance: float = 0.8
     deterministic: bool = False
     # Fitting the critic on a prior chain during training costs a third of every step and its
@@ -146,8 +147,10 @@ class Config:
             raise UserError(f"snapshot_minutes must be positive, got {self.snapshot_minutes}")
         if self.critic_layers < 0:
             raise UserError(f"critic_layers must be >= 0, got {self.critic_layers}")
-        if self.beta < 0 or self.lr <= 0 or self.sigma_floor <= 0:
-            raise UserError("beta must be >= 0, lr and sigma_floor > 0")
+        if not self.beta > 0 or self.lr <= 0 or self.sigma_floor <= 0:
+            raise UserError("beta, lr and sigma_floor must be > 0 (beta is a poutine.scale)")
+        if self.beta_anneal_steps < 0:
+            raise UserError(f"beta_anneal_steps must be >= 0, got {self.beta_anneal_steps}")
         if self.block == "attention" and self.d_model % (2 * self.n_heads):
             raise UserError(f"d_model ({self.d_model}) must be divisible by 2*n_heads ({2 * self.n_heads})")
         return self

@@ -5,6 +5,7 @@ to ``lr / 10`` at the last step (or stays at ``lr`` with ``lr_schedule="constant
 ``max_minutes`` the number of steps is not known in advance: :meth:`Schedule.replan` estimates how
 many fit in the time left from the mean step time so far, and moves the cosine's horizon there.
 The hard stop is the clock itself; the critic fit at the end takes ``critic_fit_share`` of it.
+The KL weight can be annealed from 0 to ``beta`` over ``beta_anneal_steps`` (off by default).
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class Schedule:
             return cfg.lr
         frac = min(1.0, (step - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def beta(self, step: int) -> float:
+        """The KL weight at ``step``: ``beta``, ramped up linearly from 0 over
+        ``beta_anneal_steps`` when that is set (KL annealing)."""
+        cfg = self.cfg
+        if step >= cfg.beta_anneal_steps:
+            return cfg.beta
+        return cfg.beta * (step + 1) / cfg.beta_anneal_steps
 
     def training_seconds(self) -> float | None:
         """The share of ``max_minutes`` for the model (None: no time budget)."""

@@ -9,10 +9,12 @@ divided by the batch size (a test checks it); this loop exists for what stock SV
 the carried state, the critic's losses, EMA, gradient-norm clipping, data parallelism, NaN
 handling and exact resume.
 
-Beside the posterior chain runs a *prior* chain (no access to y, no gradient into the trunk) on
-which the critic with its ACT halt and LPRM value heads is fitted (:mod:`gram_pyro.supervision`).
-After the last step the critic is fitted once more, on many prior rollouts of the finished EMA
-model (:mod:`gram_pyro.critic`). The metrics log always reports prior-rollout accuracy on the
+With ``joint_critic`` (the paper preset) a *prior* chain runs beside the posterior chain (no
+access to y, no gradient into the trunk) and the critic's ACT halt and LPRM value heads are fitted
+on it (:mod:`gram_pyro.supervision`); the cpu preset leaves it out, which makes a step 1.5x faster
+and measured better per minute (docs/design.md §4). Either way, after the last step the critic is
+fitted on many prior rollouts of the finished EMA model (:mod:`gram_pyro.critic`). The KL weight
+``beta`` can be annealed up from 0 (``beta_anneal_steps``, :mod:`gram_pyro.schedule`). The metrics log always reports prior-rollout accuracy on the
 validation split: a posterior that smuggles y to the decoder shows ~100% posterior accuracy and
 chance prior accuracy.
 
@@ -251,6 +253,7 @@ class Trainer:
         post_state = prior_state = None
         prior_states, logs = [], []
         for n in range(cfg.n_supervision):
+            self.elbo.beta = self.schedule.beta(self.step)
             loss, out = self.step_loss(x, y, n, post_state, prior_state, tuple(prior_states))
             if "prior_state" in out:  # the critic's prior chain (joint_critic)
                 prior_states.append(out["prior_state"][0])

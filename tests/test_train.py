@@ -162,3 +162,17 @@ def test_without_the_joint_critic_training_is_the_elbo_alone(tmp_path):
     record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val_prior_acc" in record and "act" not in record
     assert (tmp_path / "r" / "critic.json").exists()  # the final fit still fits the critic
+
+
+def test_kl_annealing_ramps_the_elbo_beta_up_to_the_configured_value(tmp_path):
+    cfg = tiny_config(extra=["beta=2", "beta_anneal_steps=12", "pyro_validation=false"])
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    seen = []
+    while trainer.step < 16:
+        trainer.train_batch()
+        seen.append(trainer.elbo.beta)  # the weight of the batch's last supervision step
+    ramp = [b for b in seen if b < 2.0]
+    assert len(ramp) >= 2 and ramp == sorted(set(ramp)) and 0 < ramp[0] and seen[-1] == 2.0
+    assert Trainer(tiny_config(extra=["beta=2"]), tmp_path / "s", progress=False).schedule.beta(0) == 2.0
+    with pytest.raises(UserError, match="beta"):
+        tiny_config(extra=["beta=0"])

@@ -298,8 +298,12 @@ class Coloring(Task):
                 "test_fraction": 0.15, "val_fraction": 0.05}
 
     def augment(self, inputs, targets, rng):
-        """Relabel nodes (adjacency and colours alike) and colours, independently per example.
-        The targets leave canonical form; :meth:`canonical` maps them back."""
+        """Relabel nodes (adjacency and colours alike), independently per example, and put the
+        colours back in canonical form (:func:`canonical_colours`). Relabelling the colours as
+        well, as this did before, makes every node's target colour uniform over the three: the
+        deterministic baseline then cannot learn anything and GRAM must spend its latent on
+        choosing one of 6 colour permutations (coloring-8, 3 minutes: 3.4 conflict edges per
+        sample, what random colours give; docs/RESULTS.md, recipe_coloring-8)."""
         inputs, targets = np.asarray(inputs), np.asarray(targets)
         b, n = len(targets), self.n
         bits, colours = self._graph_and_colours(inputs, targets)
@@ -308,8 +312,7 @@ class Coloring(Task):
         rows = np.arange(b)[:, None, None]
         i, j = node_pairs(n)
         new_bits = a[rows, perm[:, :, None], perm[:, None, :]][:, i, j]
-        relabel = np.argsort(rng.random((b, COLOURS)), axis=1)
-        new_colours = np.take_along_axis(relabel, np.take_along_axis(colours, perm, 1), 1)
+        new_colours = canonical_colours(np.take_along_axis(colours, perm, 1))
         if self.unconditional:
             return inputs, np.concatenate([new_bits, new_colours], axis=1)
         new_inputs = inputs.copy()

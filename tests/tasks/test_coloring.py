@@ -187,6 +187,8 @@ def test_augmentation_preserves_validity_and_conflicts(unconditional):
     bits = (targets[:, :28] if unconditional else inputs[:, :28] == 2)
     new_bits = (new_targets[:, :28] if unconditional else new_inputs[:, :28] == 2)
     assert np.array_equal(graph_keys(bits, 8), graph_keys(new_bits, 8))
+    colours = new_targets[:, -8:]
+    assert np.array_equal(canonical_colours(colours), colours)  # targets stay canonical
     if not unconditional:
         assert (new_inputs[:, 28:] == 0).all() and set(np.unique(new_inputs[:, :28])) <= {1, 2}
         # the same relabelling maps a wrong answer to one with equally many conflicts
