@@ -72,7 +72,7 @@ def test_act_halts_each_trajectory_on_its_own():
         net.halt_head.bias.zero_()
     x = task.build(seed=0).test.inputs[:4]
     pyro.set_rng_seed(0)
-    out = prior_rollouts(model, x, 16, act=True, record=True)
+    out = prior_rollouts(model, x, 16, act=HaltRule(0.5), record=True)  # confidence alone
     assert len(np.unique(out.steps)) > 1  # trajectories stop at different steps
     assert any(len(np.unique(out.steps[i])) > 1 for i in range(len(x)))  # even within one input
     for i, j in itertools.product(range(len(x)), range(16)):
