@@ -74,6 +74,33 @@ def test_model_recomputes_when_not_replaying():
     assert shared.reused == 1  # only the first proposal, from the common start state
 
 
+def test_a_reused_store_never_returns_a_proposal_of_another_input_or_network():
+    """The same store and the same noise object, but another input or another network (the EMA
+    copy): the proposal is recomputed, never served stale."""
+    import copy
+
+    task, cfg, net, model, guide = tiny_programs()
+    x, _ = batch(task, cfg, 4)
+    shared = SharedRecursion()
+    h, l = net.initial_state((4,))
+    e_x = shared.encoding(net, x)
+    first = shared.propose(net, "eps_0_0", h, h, l, e_x, cfg.k_low, True)
+    assert shared.propose(net, "eps_0_0", h, h, l, e_x, cfg.k_low, True)[1] is first[1]
+    other_x = shared.encoding(net, x.flip(0))
+    assert other_x is not e_x
+    stale = shared.propose(net, "eps_0_0", h, h, l, other_x, cfg.k_low, True)
+    assert not torch.allclose(stale[1], first[1])  # recomputed for the other input
+    ema = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.1)
+    e_ema = shared.encoding(ema, x)
+    assert e_ema is not e_x
+    from_ema = shared.propose(ema, "eps_0_0", h, h, l, e_ema, cfg.k_low, True)
+    assert not torch.allclose(from_ema[1], first[1])
+    assert shared.computed == 3 and shared.reused == 1
+
+
 @pytest.mark.parametrize("objective", ["heads", "paper", "prior_prefix", "full"])
 def test_every_objective_backpropagates(objective):
     task, cfg, net, model, guide = tiny_programs()
