@@ -124,14 +124,22 @@ def add_subcommands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("-n", type=int_at_least(1), default=100)
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--max-steps", type=int_at_least(1))
+    p.add_argument("--max-steps", type=int_at_least(1),
+                   help="supervision steps per board (default: 4 x the trained N_sup, 16 at the cpu "
+                        "preset; a 15-minute Shidoku run: 91%% valid at 4, 97%% at 16, each step "
+                        "costing as much as the first)")
     add_act(p, default=False)  # measured: ACT cut Shidoku validity from 81.6% to 70.1%
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scale of the prior's sigma (default 1: the trained model; below 1 trades "
                         "diversity for validity)")
     p.add_argument("--best-of", type=int_at_least(1), default=1, metavar="K",
-                   help="sample K trajectories per board and keep the one the LPRM rates highest "
-                        "(K times the compute; the exact checker plays no part; default 1)")
+                   help="sample K trajectories per board and let the LPRM choose one (--pick); K "
+                        "times the compute, and the exact checker plays no part (default 1: at 16 "
+                        "steps, K=4 measured 97.6%% valid against 97.3%%, not worth 4x)")
+    p.add_argument("--pick", choices=("screen", "best"), default="screen",
+                   help="with --best-of: 'screen' keeps the first trajectory the LPRM accepts "
+                        "(value > 0.5), which keeps the model's spread over boards; 'best' the "
+                        "highest value, which covers fewer boards (default screen)")
     p.add_argument("--puzzles", action="store_true",
                    help="turn valid samples into puzzles with a unique solution")
     add_device(p)
@@ -294,7 +302,7 @@ def cmd_generate(args) -> dict:
     report, boards, valid, task = generate(args.run_dir, args.n, seed=args.seed,
                                            max_steps=args.max_steps, act=args.act,
                                            temperature=args.temperature, best_of=args.best_of,
-                                           device=args.device)
+                                           pick_rule=args.pick, device=args.device)
     if args.dump:
         try:
             with open(args.dump, "w") as f:

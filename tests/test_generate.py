@@ -54,6 +54,7 @@ def test_generate_cli_on_a_tiny_unconditional_run(tmp_path):
     report = json.loads(r.stdout)
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert len(rows) == 50 == report["samples"]
+    assert report["max_steps"] == report["mean_steps"] == 4 * 2  # DEPTH_FACTOR x the trained N_sup
     task = get_task("nqueens-6", unconditional=True)
     valid = [task.is_valid(task.parse_answer(row["board"])[None])[0] for row in rows]
     assert [row["valid"] for row in rows] == valid
@@ -64,6 +65,12 @@ def test_generate_cli_on_a_tiny_unconditional_run(tmp_path):
                         "--no-act", "--max-steps", "3"], capture_output=True, text=True, timeout=300)
     report = json.loads(r.stdout)
     assert report["temperature"] == 0.5 and report["mean_steps"] == 3
+    r = subprocess.run([*base, "generate", str(run), "-n", "4", "--json", "--best-of", "3",
+                        "--pick", "best"], capture_output=True, text=True, timeout=300)
+    report = json.loads(r.stdout)
+    assert report["best_of"] == 3 and report["pick"] == "best" and report["samples"] == 4
+    r = subprocess.run([*base, "generate", str(run), "--pick", "first"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([*base, "generate", str(run), "--temperature", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "positive" in r.stderr and "Traceback" not in r.stderr
     # a conditional run is refused with one line
