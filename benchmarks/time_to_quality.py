@@ -74,7 +74,7 @@ def point_dirs(run: Path, points: list[float]) -> dict[float, Path]:
 
 def fmt(values: list[float], pct: bool) -> str:
     v = np.asarray(values, dtype=float) * (100 if pct else 1)
-    digits = 1 if pct else 2
+    digits = 1 if pct else 0 if all(float(x).is_integer() for x in values) else 2
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
