@@ -56,7 +56,8 @@ def add_act(p, default: bool = True):
     p.add_argument("--act", action=argparse.BooleanOptionalAction, default=default,
                    help="halt each trajectory on its own once sigmoid(q_halt) > 0.5 and its answer "
                         "stopped changing (N-Queens 8x8: 2.5 of 4 steps, -0.2 points of accuracy); "
-                        "--no-act always runs the whole --max-steps budget (default: {'--act' if default else '--no-act'})")
+                        "--no-act always runs the whole --max-steps budget "
+                        f"(default: {'--act' if default else '--no-act'})")
 
 
 def add_subcommands(sub) -> None:

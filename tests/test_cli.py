@@ -127,3 +127,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "GRAM" in r.stdout and "deterministic" in r.stdout and "cov@3 micro" in r.stdout
     r = gram("demo", "--out", str(tmp_path / "demo"), "--limit", "5", "--samples", "3")
     assert r.returncode == 0 and "reusing the trained run" in r.stdout
+
+
+@pytest.mark.parametrize("command, default", [("evaluate", "--act"), ("generate", "--no-act")])
+def test_help_states_each_default_it_uses(command, default):
+    r = gram(command, "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    assert f"(default: {default})" in text and "{'" not in text  # no unformatted f-string
