@@ -80,10 +80,12 @@ def main(argv=None):
             better &= results[preset_beta]["first"] >= results[paper_beta]["first"]
     body = (f"`cpu` preset (D=64, T=2, N_sup=4), {minutes:g} training minutes per run, seed "
             f"{args.seed}; prior rollouts only. N-Queens and colouring: accuracy and micro "
-            f"coverage@20 on the test split; Shidoku: validity and coverage of the 288 grids over {samples} samples. "
+            f"coverage@20 on the test split; Shidoku: validity and coverage of the 288 grids over "
+            f"{samples} samples. "
             "One seed: a screening run, not a tuned sweep.\n\n" + "\n".join(lines))
     print(body)
-    write_section("beta" + "".join(f"_{c[0]}" for c in cases if args.tasks), "KL weight beta at CPU scale: the paper's value against larger ones", body,
+    write_section("beta" + "".join(f"_{c[0]}" for c in cases if args.tasks),
+                  "KL weight beta at CPU scale: the paper's value against larger ones", body,
                   quick=args.quick)
     print(result_line("preset_beta_at_least_paper_beta", float(better), "1", better))
 

@@ -3,9 +3,9 @@
 Trajectories are sampled from the model itself (no access to y), N per input under the model's
 ``trajectories`` plate, so width is one batched tensor pass and never a Python loop over
 samples. The program is stepped one supervision step at a time (``steps=[n]``, carrying the
-state), which is what lets ACT halt each trajectory on its own: once ``sigmoid(q_halt) > 0.5`` and its
-decoded answer is the one of the step before (:data:`ACT`), its state and answer are frozen and
-its step count stops.
+state), which is what lets ACT halt each trajectory on its own: once ``sigmoid(q_halt) > 0.5``
+and its decoded answer is the one of the step before (:data:`ACT`), its state and answer are
+frozen and its step count stops.
 """
 
 from __future__ import annotations

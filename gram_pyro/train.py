@@ -14,9 +14,9 @@ access to y, no gradient into the trunk) and the critic's ACT halt and LPRM valu
 on it (:mod:`gram_pyro.supervision`); the cpu preset leaves it out, which makes a step 1.5x faster
 and measured better per minute (docs/design.md §4). Either way, after the last step the critic is
 fitted on many prior rollouts of the finished EMA model (:mod:`gram_pyro.critic`). The KL weight
-``beta`` can be annealed up from 0 (``beta_anneal_steps``, :mod:`gram_pyro.schedule`). The metrics log always reports prior-rollout accuracy on the
-validation split: a posterior that smuggles y to the decoder shows ~100% posterior accuracy and
-chance prior accuracy.
+``beta`` can be annealed up from 0 (``beta_anneal_steps``, :mod:`gram_pyro.schedule`). The
+metrics log always reports prior-rollout accuracy on the validation split: a posterior that
+smuggles y to the decoder shows ~100% posterior accuracy and chance prior accuracy.
 
 The pieces: :mod:`gram_pyro.schedule` (LR and time budget), :mod:`gram_pyro.runlog` (the metrics
 log), :mod:`gram_pyro.checkpoint` (atomic saves, RNG state), :func:`gram_pyro.evaluate.

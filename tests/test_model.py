@@ -88,8 +88,8 @@ def test_a_reused_store_never_returns_a_proposal_of_another_input_or_network():
     assert shared.propose(net, "eps_0_0", h, h, l, e_x, cfg.k_low, True)[1] is first[1]
     other_x = shared.encoding(net, x.flip(0))
     assert other_x is not e_x
-    stale = shared.propose(net, "eps_0_0", h, h, l, other_x, cfg.k_low, True)
-    assert not torch.allclose(stale[1], first[1])  # recomputed for the other input
+    recomputed = shared.propose(net, "eps_0_0", h, h, l, other_x, cfg.k_low, True)
+    assert not torch.allclose(recomputed[1], first[1])  # not the first input's proposal
     ema = copy.deepcopy(net)
     with torch.no_grad():
         for p in ema.parameters():
