@@ -29,17 +29,44 @@ def train_and_evaluate(name, out: Path, *, task: str, minutes: float, seed: int,
 
 
 def train_run(out: Path, name: str, *, task: str, minutes: float, seed: int, overrides=(),
-              deterministic: bool = False) -> Path:
+              deterministic: bool = False, reuse: bool = False) -> Path:
     """A fresh run ``out/name-seed<seed>`` of ``task`` (``TASK-unconditional`` for p(x)) at the
-    `cpu` preset with ``overrides``, trained for ``minutes``."""
+    `cpu` preset with ``overrides``, trained for ``minutes``.
+
+    With ``reuse``, a run already in that folder is kept, untrained further, when it is finished
+    (:func:`finished_run`) and its stored config is exactly the one this call would train: only
+    the evaluation is then repeated."""
     run = out / f"{name}-seed{seed}"
-    shutil.rmtree(run, ignore_errors=True)
     unconditional = task.endswith("-unconditional")
     cfg = make_config("cpu", list(overrides), task=task.removesuffix("-unconditional"), seed=seed,
                       max_minutes=minutes, deterministic=deterministic or None,
                       unconditional=unconditional or None)
+    if reuse and finished_run(run, cfg):
+        print(f"reusing the finished run {run}", flush=True)
+        return run
+    shutil.rmtree(run, ignore_errors=True)
     Trainer(cfg, run, progress=False).fit()
     return run
+
+
+def finished_run(run: Path, cfg) -> bool:
+    """Does ``run`` hold a checkpoint of exactly ``cfg`` that reached its step or time budget?"""
+    import json
+    from dataclasses import asdict
+
+    from gram_pyro.checkpoint import load_checkpoint
+    from gram_pyro.errors import UserError
+
+    if not (run / "checkpoint.pt").exists():
+        return False
+    try:
+        ckpt = load_checkpoint(run)
+        stored = json.loads(ckpt["config"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return False
+    wanted = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as stored
+    done = ckpt["step"] >= cfg.steps or ckpt["elapsed"] >= 60 * cfg.max_minutes
+    return stored == wanted and done
 
 
 def tiny_run(task: str = "nqueens-6", unconditional: bool = False, eval_inputs: int = 8) -> Path:

@@ -55,14 +55,14 @@ GOALS = {
 
 
 def train(out: Path, task: str, deterministic: bool, seed: int, points: list[float],
-          extra: list[str]) -> Path:
+          extra: list[str], reuse: bool = False) -> Path:
     """One run to the last point, with a snapshot at every earlier one."""
     overrides = ["critic_fit_steps=0", *extra]
     if len(points) > 1:
         overrides.append("snapshot_minutes=" + ",".join(f"{m:g}" for m in points[:-1]))
     return train_run(out, "deterministic" if deterministic else "GRAM", task=task,
                      minutes=points[-1], seed=seed, overrides=overrides,
-                     deterministic=deterministic)
+                     deterministic=deterministic, reuse=reuse)
 
 
 def point_dirs(run: Path, points: list[float]) -> dict[float, Path]:
@@ -170,6 +170,9 @@ def main(argv=None):
                    help="a config override for both models (a recipe under test)")
     p.add_argument("--limit", type=int, default=None, help="a seeded subset of the test inputs")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate the finished runs already in --out whose config matches instead "
+                        "of training them again (after an interrupted or re-measured benchmark)")
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -194,19 +197,22 @@ def main(argv=None):
                 det = model == "deterministic"
                 main_points = [q for q in points if q not in dedicated or q == points[-1]]
                 folders = {q: (d, points[-1]) for q, d in point_dirs(
-                    train(out / task, task, det, seed, main_points, args.set), main_points).items()}
+                    train(out / task, task, det, seed, main_points, args.set, args.reuse),
+                    main_points).items()}
                 for q in sorted(dedicated & set(points[:-1])):
-                    folders[q] = (train(out / task / f"{q:g}min", task, det, seed, [q], args.set), q)
+                    folders[q] = (train(out / task / f"{q:g}min", task, det, seed, [q], args.set,
+                                        args.reuse), q)
                 results[model][seed] = {q: {**measure_run(d, task, seed, args.limit, gen_samples),
                                             "budget": budget}
                                         for q, (d, budget) in sorted(folders.items())}
                 print(task, model, seed, json.dumps(results[model][seed]), flush=True)
+        tested = f"a seeded subset of {args.limit} test inputs" if args.limit else "the test split"
         body = (f"`cpu` preset{' with ' + ', '.join(args.set) if args.set else ''}; the deterministic "
                 "baseline is the same code with the noise off, trained with the same seeds, data "
                 "and budget. Minutes are training time on 2 CPU cores; a row \"m of M\" is a "
                 "snapshot m minutes into an M-minute run (a lower bound on an m-minute run, whose "
                 "learning rate would have decayed by then); mean ± sd over the seeds listed; prior "
-                "rollouts of the test split, 20 samples per input, the whole supervision budget "
+                f"rollouts of {tested}, 20 samples per input, the whole supervision budget "
                 "(no ACT).\n\n" + table(results))
         figure = ROOT / "docs" / "figures" / f"ttq_{task}{'_' + args.tag if args.tag else ''}.png"
         if not args.quick:

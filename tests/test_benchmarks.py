@@ -60,3 +60,24 @@ def test_gpu_script_rehearses_on_cpu_smoke(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] > 0 and 0 <= summary["test_sample_accuracy"] <= 1
     assert summary["peak_memory_mb"] > 0
+
+
+def test_a_finished_run_is_reused_only_with_its_exact_config(tmp_path):
+    """time_to_quality --reuse re-evaluates a finished run; a changed config or an unfinished run
+    trains afresh."""
+    sys.path.insert(0, str(BENCH))
+    from _runs import finished_run, train_run
+
+    from gram_pyro.config import make_config
+
+    size = ["d_model=32", "n_layers=1", "eval_inputs=8", "steps=6"]
+    run = train_run(tmp_path, "GRAM", task="nqueens-5", minutes=5, seed=0, overrides=size)
+    cfg = make_config("cpu", size, task="nqueens-5", seed=0, max_minutes=5)
+    assert finished_run(run, cfg)
+    assert not finished_run(run, make_config("cpu", size, task="nqueens-5", seed=1, max_minutes=5))
+    assert not finished_run(run, make_config("cpu", [*size[:-1], "steps=12"], task="nqueens-5",
+                                             seed=0, max_minutes=5))  # not reached: train on
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    assert train_run(tmp_path, "GRAM", task="nqueens-5", minutes=5, seed=0, overrides=size,
+                     reuse=True) == run
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # not trained again
