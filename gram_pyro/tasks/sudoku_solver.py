@@ -177,6 +177,63 @@ def count_solutions(grid, cap: int, n: int | None = None) -> int:
     return len(solve(grid, cap, n)[0])
 
 
+def singles_rounds(grid, n: int | None = None) -> int | None:
+    """How many rounds of singles solve ``grid``, or None if singles alone cannot.
+
+    A round places, at once, every naked single (a blank with one candidate) and every hidden
+    single (a digit with one possible cell in a row, column or box) of the grid as it stands. The
+    count is the depth of the propagation a solver needs, the natural difficulty for a model that
+    refines all cells in parallel: 0 for a full grid, 1 when every blank is a single of the
+    givens. None means a guess is needed (or the givens contradict each other).
+    """
+    grid = [int(d) for d in grid]
+    geo = geometry(n or isqrt(len(grid)))
+    units = geo.row_units + geo.col_units + geo.box_units
+    rounds = 0
+    while True:
+        masks = unit_masks(grid, geo)
+        if masks is None:
+            return None
+        rows, cols, boxes = masks
+        cand = {i: geo.full & ~(rows[geo.row[i]] | cols[geo.col[i]] | boxes[geo.boxof[i]])
+                for i in range(geo.cells) if not grid[i]}
+        if not cand:
+            return rounds
+        place = {i: m for i, m in cand.items() if m and not m & (m - 1)}
+        for cells in units:
+            for bit in _ascending(geo.full):
+                spots = [i for i in cells if cand.get(i, 0) & bit]
+                if len(spots) == 1 and place.setdefault(spots[0], bit) != bit:
+                    return None  # two digits forced into one cell
+        if not place or not all(cand.values()):
+            return None
+        for i, bit in place.items():
+            grid[i] = bit.bit_length()
+        rounds += 1
+
+
+def ladder_puzzle(n: int, rng: np.random.Generator, givens: tuple[int, int],
+                  max_rounds: int | None = None, max_tries: int = 1000):
+    """A unique puzzle with ``givens[0]..givens[1]`` givens of a random grid, solvable by at most
+    ``max_rounds`` rounds of singles (any puzzle if None; see :func:`singles_rounds`).
+
+    Returns ``(puzzle, solution, rounds)``, ``rounds`` None where a guess is needed. Raises
+    ValueError if ``max_tries`` candidates all fail the bounds.
+    """
+    lo, hi = givens
+    for _ in range(max(1, max_tries)):
+        solution = random_grid(n, rng)
+        target = int(rng.integers(lo, hi + 1))
+        puzzle = minimal_puzzle(solution, rng, keep=target)
+        if sum(1 for d in puzzle if d) > hi:
+            continue  # became minimal above the range
+        rounds = singles_rounds(puzzle, n)
+        if max_rounds is None or (rounds is not None and rounds <= max_rounds):
+            return puzzle, solution, rounds
+    raise ValueError(f"no {n}x{n} puzzle with {lo}..{hi} givens solvable in {max_rounds} rounds "
+                     f"of singles in {max_tries} tries")
+
+
 # -- generators ----------------------------------------------------------------------------------
 def random_grid(n: int, rng: np.random.Generator) -> list[int]:
     """A random complete grid: random diagonal boxes, then the first solution of a search with
@@ -221,28 +278,35 @@ def _has_other_solution(geo, puzzle, rows, cols, boxes, cell: int, digit: int) -
     return False
 
 
-def minimal_puzzle(solution, rng: np.random.Generator) -> list[int]:
-    """Remove the givens of ``solution`` in random order, each only if the puzzle stays unique.
+def minimal_puzzle(solution, rng: np.random.Generator, keep: int = 0) -> list[int]:
+    """Remove the givens of ``solution`` in random order, each only if the puzzle stays unique,
+    stopping once ``keep`` givens are left.
 
-    Every given is tried once, so the result is minimal: no single given can be removed. This is
-    the generators' hot loop, so the unit masks are updated in place rather than rebuilt.
+    With ``keep=0`` every given is tried once, so the result is minimal: no single given can be
+    removed. With ``keep > 0`` the puzzle has ``keep`` givens, or more if it became minimal first.
+    This is the generators' hot loop, so the unit masks are updated in place rather than rebuilt.
     """
     geo = geometry(isqrt(len(solution)))
     puzzle = [int(d) for d in solution]
     rows, cols, boxes = unit_masks(puzzle, geo)
+    givens = geo.cells
     for cell in rng.permutation(geo.cells).tolist():
+        if givens <= keep:
+            break
         digit = puzzle[cell]
-        keep = ~(1 << (digit - 1))
+        bit_off = ~(1 << (digit - 1))
         r, c, b = geo.row[cell], geo.col[cell], geo.boxof[cell]
         puzzle[cell] = 0
-        rows[r] &= keep
-        cols[c] &= keep
-        boxes[b] &= keep
+        rows[r] &= bit_off
+        cols[c] &= bit_off
+        boxes[b] &= bit_off
         if _has_other_solution(geo, puzzle, rows, cols, boxes, cell, digit):
             puzzle[cell] = digit
-            rows[r] |= ~keep
-            cols[c] |= ~keep
-            boxes[b] |= ~keep
+            rows[r] |= ~bit_off
+            cols[c] |= ~bit_off
+            boxes[b] |= ~bit_off
+        else:
+            givens -= 1
     return puzzle
 
 
