@@ -44,7 +44,8 @@ def add_task_args(p, required=True):
     p.add_argument("--unconditional", action="store_true", help="the blank-input p(x) form")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="dataset / run seed")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. --data csv=sudoku_extreme.csv (repeatable)")
+                   help="dataset option, e.g. --data level=medium or --data train_csv=train.csv "
+                        "(repeatable; an unknown key lists the task's options)")
 
 
 def add_device(p) -> None:
@@ -232,6 +233,18 @@ def print_data_stats(task, data) -> None:
     for name, s in data.stats().items():
         print(f"{name:<6} {s['inputs']:>8} {s['pairs']:>8} {s['completions_per_input_mean']:>11.2f} "
               f"{s['completions_per_input_max']:>5} {s['multi_solution_inputs']:>7}")
+    rated = {name: data.meta[name] for name in ("train", "val", "test")
+             if isinstance(data.meta.get(name), dict) and "singles_rounds" in data.meta[name]}
+    if rated:
+        print(f"difficulty ({data.meta.get('level') or data.meta.get('source')}); rounds of singles "
+              f"that solve a puzzle, 'guess' where singles get stuck:")
+        for name, d in rated.items():
+            g, nodes = d["givens"], d["search_nodes"]
+            rounds = " ".join(f"{k}:{v}" for k, v in d["singles_rounds"].items())
+            sampled = f" (of {d['described']} sampled)" if d["described"] < d["puzzles"] else ""
+            print(f"  {name:<5} givens {g.get('min', 0):.0f}-{g.get('max', 0):.0f} (median "
+                  f"{g.get('median', 0):.0f}); rounds {rounds or '-'}{sampled}; search nodes median "
+                  f"{nodes.get('median', 0):.0f}, max {nodes.get('max', 0):.0f}")
 
 
 def cmd_train(args) -> dict:

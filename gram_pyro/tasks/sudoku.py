@@ -12,9 +12,12 @@ Data:
         Multi-solution puzzles are kept on purpose (coverage) and every input carries *all* its
         completions. Inputs are split 85:15 by augmentation orbit (see :meth:`Sudoku.orbit_keys`),
         so no test puzzle, nor any augmented image of one, is a training input.
-    sudoku-9: locally generated hard puzzles with a unique solution, the Sudoku-Extreme analogue
-        (that data set is out of reach here, docs/design.md §8); ``csv=PATH`` reads its CSV instead.
-        ``multi_fraction`` mixes in puzzles with 2..``max_solutions`` solutions.
+    sudoku-9: locally generated puzzles with a unique solution at a difficulty ``level``
+        (:data:`LEVELS`; ``hard``, the default, is the Sudoku-Extreme analogue) or with
+        ``givens=LO,HI`` givens; ``multi_fraction`` mixes in puzzles with 2..``max_solutions``
+        solutions. ``train_csv=PATH test_csv=PATH`` follows the Sudoku-Extreme protocol with the
+        user's own files (``n_train`` drawn from the first, tested on the second), ``csv=PATH``
+        splits one file three ways (docs/design.md §8).
     unconditional: the blank board; its completions are complete grids (the 288 for n=4, split
         85:15; random grids for n=9). With 288 grids in two augmentation orbits, augmenting
         unconditional sudoku-4 reaches the held-out grids too.
@@ -31,6 +34,16 @@ from tqdm.auto import tqdm
 from gram_pyro.errors import UserError
 from gram_pyro.tasks import sudoku_solver as solver
 from gram_pyro.tasks.base import Dataset, Split, Task, clean_puzzle_text, split_indices
+
+
+# Generated 9x9 difficulty levels (``--data level=NAME``), by the task's own solver. Easy and
+# medium puzzles are solved by rounds of singles alone, the kind of parallel propagation a
+# recursive model can learn on CPU; hard ones are minimal and need a guess, like Sudoku-Extreme.
+LEVELS = {
+    "easy": {"givens": (40, 45), "max_rounds": 3, "about": "40-45 givens, at most 3 rounds of singles"},
+    "medium": {"givens": (32, 36), "max_rounds": 6, "about": "32-36 givens, at most 6 rounds of singles"},
+    "hard": {"about": "minimal puzzles (about 22-26 givens) that need a guess"},
+}
 
 
 @lru_cache(maxsize=None)
@@ -58,50 +71,89 @@ def first_repeat(grid, n: int) -> str | None:
     return None
 
 
-def read_sudoku_extreme_csv(path: str, limit: int | None = None):
-    """Read the Sudoku-Extreme CSV format (header, then ``source,q,a,rating``; ``.`` is blank).
+def count_csv_rows(path: str) -> int:
+    """The number of data rows of a Sudoku-Extreme CSV, after checking its header and that every
+    line has four fields; one cheap pass that parses nothing (the real files have millions)."""
+    rows = 0
+    try:
+        with open(path, "rb") as f:
+            header = f.readline()
+            if header.count(b",") != 3:
+                raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
+            for line_no, line in enumerate(f, start=2):
+                if not line.strip():
+                    continue
+                if line.count(b",") != 3:
+                    raise UserError(f"{path}, line {line_no}: expected 4 fields (source,question,"
+                                    f"answer,rating), got {line.count(b',') + 1}")
+                rows += 1
+    except FileNotFoundError:
+        raise UserError(f"sudoku CSV {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"sudoku CSV {path} is a folder, not a file") from None
+    except OSError as e:
+        raise UserError(f"cannot read sudoku CSV {path}: {e}") from None
+    return rows
+
+
+def read_sudoku_extreme_csv(path: str, limit: int | None = None, rows=None):
+    """Read the Sudoku-Extreme CSV layout: a header, then ``source,question,answer,rating`` with
+    ``.`` (or ``0``) for a blank.
 
     Returns ``(puzzles, solutions, ratings)``: ``[M, 81]`` digit grids (0 blank), ``[M, 81]``
-    digits and ``[M]`` ints, for the first ``limit`` puzzles (all if None). Raises UserError on a
-    missing file or a malformed line, naming the line.
+    digits and ``[M]`` ints, for the data rows numbered ``rows`` (0-based, blank lines not
+    counted), else the first ``limit`` rows (all if None), in file order. Raises UserError on a
+    missing file or a malformed line, naming the line; rows not asked for are not parsed.
     """
+    wanted = None if rows is None else set(int(r) for r in rows)
     puzzles, solutions, ratings = [], [], []
     try:
         with open(path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or len(header) != 4:
-                raise UserError(f"{path}, line 1: expected the header source,q,a,rating")
+                raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
+            index = -1
             for row in reader:
                 if limit is not None and len(puzzles) >= limit:
                     break
-                line = reader.line_num
                 if not row:
                     continue
-                if len(row) != 4:
-                    raise UserError(f"{path}, line {line}: expected 4 fields (source,q,a,rating), "
-                                    f"got {len(row)}")
-                _, q, a, rating = row
-                puzzles.append(_csv_grid(q, "q", path, line, blank_ok=True))
-                solutions.append(_csv_grid(a, "a", path, line, blank_ok=False))
-                try:
-                    ratings.append(int(rating))
-                except ValueError:
-                    raise UserError(f"{path}, line {line}: rating {rating!r} is not an integer") \
-                        from None
-                kept = puzzles[-1] == 0
-                if not ((puzzles[-1] == solutions[-1]) | kept).all():
-                    raise UserError(f"{path}, line {line}: answer a does not keep the givens of q")
-                clash = first_repeat(solutions[-1], 9)
-                if clash:
-                    raise UserError(f"{path}, line {line}: answer a is not a valid grid: {clash}")
+                index += 1
+                if wanted is not None and index not in wanted:
+                    continue
+                _read_row(row, path, reader.line_num, puzzles, solutions, ratings)
     except FileNotFoundError:
         raise UserError(f"sudoku CSV {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"sudoku CSV {path} is a folder, not a file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read sudoku CSV {path}: {e}") from None
     if not puzzles:
         raise UserError(f"sudoku CSV {path} has no puzzles")
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.int64)
+
+
+def _read_row(row, path, line, puzzles, solutions, ratings) -> None:
+    """Check one CSV row and append its puzzle, answer and rating."""
+    if len(row) != 4:
+        raise UserError(f"{path}, line {line}: expected 4 fields (source,question,answer,rating), "
+                        f"got {len(row)}")
+    _, q, a, rating = row
+    puzzle = _csv_grid(q, "question", path, line, blank_ok=True)
+    answer = _csv_grid(a, "answer", path, line, blank_ok=False)
+    try:
+        rating = int(rating)
+    except ValueError:
+        raise UserError(f"{path}, line {line}: rating {rating!r} is not an integer") from None
+    if not ((puzzle == answer) | (puzzle == 0)).all():
+        raise UserError(f"{path}, line {line}: the answer does not keep the givens of the question")
+    clash = first_repeat(answer, 9)
+    if clash:
+        raise UserError(f"{path}, line {line}: the answer is not a valid grid: {clash}")
+    puzzles.append(puzzle)
+    solutions.append(answer)
+    ratings.append(rating)
 
 
 def _csv_grid(text: str, field: str, path: str, line: int, blank_ok: bool) -> np.ndarray:
@@ -302,8 +354,9 @@ class Sudoku(Task):
             return sizes
         if self.unconditional:
             return {"n_train": 50_000, "n_val": 1000, "n_test": 1000}
-        return {"n_train": 1000, "n_val": 200, "n_test": 1000, "min_rating": 3,
-                "multi_fraction": 0.0, "max_solutions": 8, "csv": ""}
+        return {"n_train": 1000, "n_val": 200, "n_test": 1000, "level": "hard", "givens": [],
+                "min_rating": 3, "multi_fraction": 0.0, "max_solutions": 8, "csv": "",
+                "train_csv": "", "test_csv": ""}
 
     def _build(self, seed: int, **sizes) -> Dataset:
         self._progress = getattr(self, "_progress", False)  # set by build(); not when called bare
@@ -311,6 +364,14 @@ class Sudoku(Task):
             return self._build_unconditional(seed, **sizes)
         if self.n == 4:
             return self._build_shidoku(seed, **sizes)
+        files = [k for k in ("csv", "train_csv", "test_csv") if sizes[k]]
+        if files and (sizes["givens"] or sizes["level"] != "hard"):
+            raise UserError("level and givens choose generated puzzles; a CSV file brings its own")
+        if "csv" in files and len(files) > 1:
+            raise UserError("give csv=PATH (one file, split three ways) or train_csv=PATH and "
+                            "test_csv=PATH, not both")
+        if sizes["train_csv"] or sizes["test_csv"]:
+            return self._build_from_csv_files(seed, **sizes)
         if sizes["csv"]:
             return self._build_from_csv(seed, **sizes)
         return self._build_generated(seed, **sizes)
@@ -374,38 +435,59 @@ class Sudoku(Task):
                     bar.update()
         return out
 
-    def _build_generated(self, seed, n_train, n_val, n_test, min_rating, multi_fraction,
-                         max_solutions, csv) -> Dataset:
-        """Minimal unique puzzles rated >= ``min_rating`` (and a share of multi-solution ones).
+    def _build_generated(self, seed, n_train, n_val, n_test, level, givens, min_rating,
+                         multi_fraction, max_solutions, **_) -> Dataset:
+        """Generated puzzles with a unique solution at a difficulty ``level`` (:data:`LEVELS`), or
+        with ``givens=LO,HI`` givens; ``multi_fraction`` of them with 2..``max_solutions``.
 
         Each split has its own random stream, so the test set does not move when n_train does.
         """
         if not 0 <= multi_fraction <= 1 or max_solutions < 2:
             raise UserError("need 0 <= multi_fraction <= 1 and max_solutions >= 2")
+        draw, described = self._puzzle_source(level, givens, min_rating)
         seen: set[bytes] = set()
-        splits, meta = {}, {"source": "generated", "min_rating": min_rating}
+        splits, meta = {}, {"source": "generated", "level": described}
         for stream, name, count in ((2, "test", n_test), (1, "val", n_val), (0, "train", n_train)):
             rng = np.random.default_rng([seed, stream])
-            inputs, groups, ratings = [], [], []
+            inputs, groups = [], []
             with tqdm(total=count, desc=f"{self.name} {name}", disable=not self._progress) as bar:
                 while len(inputs) < count:
                     if multi_fraction and rng.random() < multi_fraction:
-                        puzzle, sols, rating = solver.multi_solution_puzzle(9, rng, max_solutions)
+                        puzzle, sols, _ = solver.multi_solution_puzzle(9, rng, max_solutions)
                         if len(sols) < 2:
                             continue
                     else:
-                        puzzle, solution, rating = solver.hard_puzzle(9, rng, min_rating)
-                        sols = [solution]
+                        puzzle, sols = draw(rng)
                     if bytes(puzzle) in seen:
                         continue
                     seen.add(bytes(puzzle))
                     inputs.append(puzzle)
                     groups.append(np.array(sols) - 1)
-                    ratings.append(rating)
                     bar.update()
             splits[name] = Split.from_groups(np.array(inputs).reshape(-1, 81), groups, 81)
-            meta[name] = _puzzle_stats(splits[name].inputs, ratings)
+            meta[name] = difficulty(splits[name].inputs)
         return Dataset(**splits, meta=meta)
+
+    @staticmethod
+    def _puzzle_source(level: str, givens, min_rating: int):
+        """``(draw, description)``: ``draw(rng)`` gives one unique puzzle and ``[solution]``."""
+        if givens:
+            if len(givens) != 2 or not 17 <= givens[0] <= givens[1] <= 80:
+                raise UserError(f"givens takes LO,HI with 17 <= LO <= HI <= 80 (a 9x9 puzzle with "
+                                f"fewer than 17 givens is never unique), got {givens}")
+            lo, hi = givens
+            return (lambda rng: _ladder(rng, (lo, hi), None)), f"{lo}-{hi} givens"
+        if level not in LEVELS:
+            raise UserError(f"unknown sudoku-9 level {level!r}; choose one of "
+                            f"{', '.join(LEVELS)} (or givens=LO,HI)")
+        spec = LEVELS[level]
+        if level == "hard":
+            def hard(rng):
+                puzzle, solution, _ = solver.hard_puzzle(9, rng, min_rating)
+                return puzzle, [solution]
+            return hard, f"hard: {spec['about']}, search nodes >= {min_rating}"
+        return (lambda rng: _ladder(rng, spec["givens"], spec["max_rounds"])), \
+            f"{level}: {spec['about']}"
 
     def _build_from_csv(self, seed, n_train, n_val, n_test, csv, **_) -> Dataset:
         """The first n_train + n_val + n_test distinct puzzles of a Sudoku-Extreme CSV file,
@@ -422,12 +504,80 @@ class Sudoku(Task):
         splits, meta = {}, {"source": f"csv:{csv}", "rating": "from the file"}
         for name, idx in parts.items():
             splits[name] = Split(puzzles[idx], solutions[idx] - 1, np.arange(len(idx) + 1))
-            meta[name] = _puzzle_stats(puzzles[idx], ratings[idx])
+            meta[name] = {**difficulty(puzzles[idx]), "file_rating": _spread(ratings[idx])}
         return Dataset(**splits, meta=meta)
 
 
-def _puzzle_stats(inputs: np.ndarray, ratings) -> dict:
-    ratings = np.asarray(ratings, dtype=np.float64)
-    return {"mean_givens": float((inputs > 0).sum(1).mean()) if len(inputs) else 0.0,
-            "mean_rating": float(ratings.mean()) if len(ratings) else 0.0,
-            "max_rating": float(ratings.max()) if len(ratings) else 0.0}
+    def _build_from_csv_files(self, seed, n_train, n_val, n_test, train_csv, test_csv,
+                              **_) -> Dataset:
+        """The Sudoku-Extreme protocol from its two files: ``n_train`` puzzles drawn from
+        ``train_csv`` with ``seed`` (HRM and TRM train on 1,000), ``n_val`` more from it for
+        validation, and the test file (a seeded subset of ``n_test`` puzzles, or all with
+        ``n_test=0``). Augmentation is the trainer's, so it touches training batches only."""
+        if not (train_csv and test_csv):
+            raise UserError("the Sudoku-Extreme protocol takes both train_csv=PATH and "
+                            "test_csv=PATH (or csv=PATH to split one file)")
+        if n_train < 1 or n_val < 0 or n_test < 0:
+            raise UserError(f"need n_train >= 1, n_val >= 0 and n_test >= 0, got {n_train}, "
+                            f"{n_val} and {n_test}")
+        rng = np.random.default_rng(seed)
+        train_rows, test_rows = count_csv_rows(train_csv), count_csv_rows(test_csv)
+        if n_test > test_rows:
+            raise UserError(f"{test_csv} has {test_rows} puzzles, fewer than n_test = {n_test} "
+                            f"(n_test=0 takes the whole file)")
+        pick = np.sort(rng.choice(test_rows, n_test, replace=False)) if n_test else None
+        test = read_sudoku_extreme_csv(test_csv, rows=pick)
+        if n_train + n_val > train_rows:
+            raise UserError(f"{train_csv} has {train_rows} puzzles, fewer than n_train + n_val = "
+                            f"{n_train + n_val}")
+        order = rng.choice(train_rows, n_train + n_val, replace=False)
+        pool = read_sudoku_extreme_csv(train_csv, rows=order)
+        position = {int(r): i for i, r in enumerate(np.sort(order))}  # file order -> read index
+        index = {"train": [position[int(r)] for r in order[:n_train]],
+                 "val": [position[int(r)] for r in order[n_train:]]}
+        test_keys = {bytes(p.astype(np.int8)) for p in test[0]}
+        splits = {"test": Split(test[0], test[1] - 1, np.arange(len(test[0]) + 1))}
+        meta = {"source": f"csv:{train_csv} + csv:{test_csv}", "rows": {"train_csv": train_rows,
+                                                                      "test_csv": test_rows}}
+        for name, idx in index.items():
+            keep = [i for i in idx if bytes(pool[0][i].astype(np.int8)) not in test_keys]
+            meta[f"{name}_dropped_in_test"] = len(idx) - len(keep)  # never train on a test puzzle
+            splits[name] = Split(pool[0][keep], pool[1][keep] - 1, np.arange(len(keep) + 1))
+        for name, split in splits.items():
+            meta[name] = difficulty(split.inputs)
+        meta["test"]["file_rating"] = _spread(test[2])
+        return Dataset(**splits, meta=meta)
+
+
+def _ladder(rng, givens, max_rounds):
+    puzzle, solution, _ = solver.ladder_puzzle(9, rng, givens, max_rounds)
+    return puzzle, [solution]
+
+
+def _spread(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return {}
+    return {"min": float(v.min()), "median": float(np.median(v)), "mean": float(v.mean()),
+            "max": float(v.max())}
+
+
+def difficulty(inputs: np.ndarray, sample: int = 2000) -> dict:
+    """How hard a split's puzzles are by the task's own solver: the givens, the rounds of singles
+    that solve them (``guess`` where singles get stuck; :func:`sudoku_solver.singles_rounds`) and
+    the search nodes of proving the solution unique (1 = propagation alone). Splits larger than
+    ``sample`` are described by a seeded sample of that many puzzles."""
+    inputs = np.asarray(inputs)
+    described = inputs
+    if len(inputs) > sample:
+        described = inputs[np.random.default_rng(0).choice(len(inputs), sample, replace=False)]
+    rounds = [solver.singles_rounds(p.tolist(), 9) for p in described]
+    histogram: dict[str, int] = {}
+    for r in sorted(rounds, key=lambda r: 10 ** 9 if r is None else r):
+        key = "guess" if r is None else str(r)
+        histogram[key] = histogram.get(key, 0) + 1
+    nodes = [solver.solve(p.tolist(), 2, 9)[1] for p in described]
+    givens = (inputs > 0).sum(1)
+    return {"puzzles": int(len(inputs)), "described": int(len(described)),
+            "mean_givens": float(givens.mean()) if len(givens) else 0.0,
+            "givens": _spread(givens), "singles_rounds": histogram, "search_nodes": _spread(nodes)}

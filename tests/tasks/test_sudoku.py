@@ -353,3 +353,139 @@ def test_layout(sudoku4, sudoku9):
     assert sudoku9.all_objects() is None
     with pytest.raises(UserError):
         sudoku9.build(seed=0, per_grid=3)
+
+
+# -- the difficulty ladder -------------------------------------------------------------------------
+def test_singles_rounds_count_the_depth_of_propagation():
+    solution = [int(ch) for ch in INKALA_SOLUTION]
+    assert solver.singles_rounds(solution) == 0
+    one_blank = solution[:]
+    one_blank[40] = 0
+    assert solver.singles_rounds(one_blank) == 1
+    assert solver.singles_rounds([int(ch) if ch != "." else 0 for ch in INKALA]) is None
+    # a whole row blank except one cell: each blank is a naked single of its column at once
+    row = solution[:]
+    row[9:17] = [0] * 8
+    assert solver.singles_rounds(row) == 1
+
+
+def test_ladder_puzzles_are_unique_in_range_and_never_harder_with_more_givens():
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        puzzle, solution, rounds = solver.ladder_puzzle(9, rng, (32, 36), max_rounds=6)
+        assert 32 <= sum(d > 0 for d in puzzle) <= 36
+        assert solver.count_solutions(puzzle, 2) == 1
+        assert all(p in (0, s) for p, s in zip(puzzle, solution))
+        assert rounds is not None and 1 <= rounds <= 6 and rounds == solver.singles_rounds(puzzle)
+        blank = next(i for i, d in enumerate(puzzle) if not d)
+        more = puzzle[:]
+        more[blank] = solution[blank]
+        assert solver.singles_rounds(more) <= rounds
+    with pytest.raises(ValueError, match="no 9x9 puzzle"):
+        solver.ladder_puzzle(9, rng, (24, 24), max_rounds=0, max_tries=2)
+
+
+def test_minimal_puzzle_with_keep_stops_at_the_count():
+    rng = np.random.default_rng(0)
+    grid = solver.random_grid(9, rng)
+    assert sum(d > 0 for d in solver.minimal_puzzle(grid, rng, keep=50)) == 50
+    # keep=0 is the old minimal puzzle, draw for draw: the hard datasets do not move
+    a = solver.minimal_puzzle(grid, np.random.default_rng(7))
+    b = solver.minimal_puzzle(grid, np.random.default_rng(7), keep=0)
+    assert a == b and solver.count_solutions(a, 2) == 1
+
+
+def test_levels_build_with_their_difficulty_in_the_meta(sudoku9):
+    data = sudoku9.build(seed=0, cache=False, level="easy", n_train=3, n_val=1, n_test=2)
+    for name in ("train", "val", "test"):
+        d = data.meta[name]
+        assert 40 <= d["givens"]["min"] <= d["givens"]["max"] <= 45
+        assert d["puzzles"] == len(data.split(name)) and "guess" not in d["singles_rounds"]
+        assert sum(d["singles_rounds"].values()) == d["puzzles"]
+        assert all(1 <= int(k) <= 3 for k in d["singles_rounds"])
+        assert (data.split(name).num_completions == 1).all()
+    assert data.meta["level"].startswith("easy")
+    custom = sudoku9.build(seed=0, cache=False, givens="50,52", n_train=2, n_val=0, n_test=1)
+    assert 50 <= custom.meta["train"]["givens"]["min"] <= custom.meta["train"]["givens"]["max"] <= 52
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"level": "brutal"}, "unknown sudoku-9 level"),
+    ({"givens": "10,20"}, "17 <= LO"),
+    ({"givens": "40"}, "LO,HI"),
+    ({"level": "easy", "csv": "x.csv"}, "brings its own"),
+    ({"csv": "x.csv", "train_csv": "y.csv"}, "not both"),
+    ({"train_csv": "y.csv"}, "both train_csv"),
+])
+def test_bad_difficulty_and_file_options_are_one_line_errors(sudoku9, options, words):
+    with pytest.raises(UserError, match=words):
+        sudoku9.build(seed=0, cache=False, n_train=1, n_val=0, n_test=1, **options)
+
+
+# -- the Sudoku-Extreme protocol from two local files ------------------------------------------------
+def extreme_rows(count, seed):
+    """``count`` rows in the Sudoku-Extreme layout: random grids with 40 random blanks ('.')."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        grid = solver.random_grid(9, rng)
+        q = "".join("." if b else str(d) for d, b in zip(grid, rng.permutation(81) < 40))
+        rows.append((f"gen{seed}", q, "".join(map(str, grid)), str(i)))
+    return rows
+
+
+def test_extreme_protocol_round_trips_on_a_generated_fixture(tmp_path, sudoku9):
+    train_rows, test_rows = extreme_rows(20, 0), extreme_rows(8, 1)
+    train_rows[5] = test_rows[2]  # one training row repeats a test puzzle
+    train = write_csv(tmp_path / "train.csv", train_rows)
+    test = write_csv(tmp_path / "test.csv", test_rows)
+    to_q = lambda split: [sudoku9.format_input(x) for x in split.inputs]  # noqa: E731
+    data = sudoku9.build(seed=0, cache=False, train_csv=train, test_csv=test, n_train=10,
+                         n_val=4, n_test=0)
+    assert to_q(data.test) == [r[1] for r in test_rows]  # the whole test file, in order
+    assert data.meta["rows"] == {"train_csv": 20, "test_csv": 8}
+    file_q = [r[1] for r in train_rows]
+    tr, va = to_q(data.train), to_q(data.val)
+    dropped = data.meta["train_dropped_in_test"] + data.meta["val_dropped_in_test"]
+    assert len(tr) + len(va) + dropped == 14 and set(tr + va) <= set(file_q)
+    assert not set(tr) & set(va) and not set(tr + va) & set(to_q(data.test))
+    assert sudoku9.is_correct(*data.train.pairs()).all() and sudoku9.is_correct(*data.test.pairs()).all()
+    again = sudoku9.build(seed=0, cache=False, train_csv=train, test_csv=test, n_train=10, n_val=4,
+                          n_test=0)
+    other = sudoku9.build(seed=1, cache=False, train_csv=train, test_csv=test, n_train=10, n_val=4,
+                          n_test=3)
+    assert to_q(again.train) == tr and to_q(other.train) != tr
+    assert len(other.test) == 3 and set(to_q(other.test)) <= set(r[1] for r in test_rows)
+    with pytest.raises(UserError, match="fewer than n_train"):
+        sudoku9.build(seed=0, cache=False, train_csv=train, test_csv=test, n_train=19, n_val=4,
+                      n_test=0)
+    with pytest.raises(UserError, match="fewer than n_test = 9 .n_test=0 takes the whole file"):
+        sudoku9.build(seed=0, cache=False, train_csv=train, test_csv=test, n_train=1, n_test=9)
+
+
+def test_extreme_protocol_names_a_malformed_line_even_when_not_sampled(tmp_path, sudoku9):
+    rows = extreme_rows(6, 0)
+    rows[3] = rows[3][:3]
+    train = write_csv(tmp_path / "train.csv", rows)
+    test = write_csv(tmp_path / "test.csv", extreme_rows(2, 1))
+    with pytest.raises(UserError, match="line 5: expected 4 fields"):
+        sudoku9.build(seed=0, cache=False, train_csv=train, test_csv=test, n_train=1, n_val=0)
+
+
+def test_extreme_protocol_augments_training_batches_only(tmp_path):
+    from gram_pyro.build import run_data
+    from gram_pyro.train import Trainer
+    from tests.helpers import tiny_config
+
+    train = write_csv(tmp_path / "train.csv", extreme_rows(12, 0))
+    test = write_csv(tmp_path / "test.csv", extreme_rows(4, 1))
+    cfg = tiny_config("sudoku-9", data_options={"train_csv": train, "test_csv": test,
+                                                "n_train": "8", "n_val": "2", "n_test": "0"})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    x, y = (t.numpy() for t in trainer.sample_batch())
+    task = trainer.task
+    assert task.is_correct(x, y).all()  # augmented pairs stay valid
+    raw = {bytes(r) for r in trainer.x_train.astype(np.int8)}
+    assert any(bytes(r) not in raw for r in x.astype(np.int8))  # ... and are not the raw rows
+    part = run_data(task, cfg).split("test")  # what evaluate reads: the file, untouched
+    assert [task.format_input(r) for r in part.inputs] == [r[1] for r in extreme_rows(4, 1)]
