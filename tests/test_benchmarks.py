@@ -3,17 +3,21 @@ none rots. At the quick sizes the goals are not expected to be met (``met=no`` p
 is checked is that the verdict is computed: wherever the goal is a numeric bound, ``met`` must
 agree with the value. The goals themselves are judged by the full runs in docs/RESULTS.md."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
-           "selection", "ddp", "beta", "generation", "throughput", "time_to_quality", "act", "recipe"]
+           "selection", "ddp", "beta", "generation", "throughput", "time_to_quality", "act",
+           "recipe", "sudoku_width_depth"]
+CHECKED = {"sudoku_width_depth"}  # scripts whose --quick output a test of its own checks (below)
 
 
 def test_every_script_is_listed():
@@ -31,11 +35,12 @@ def verdict_is_consistent(line: str) -> bool:
     return {">=": v >= x, "<=": v <= x, "<": v < x, ">": v > x}[op] == (met == "yes")
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_quick_run_smoke(name, tmp_path):
+def run_quick(name: str, cwd: Path, *args: str) -> str:
+    """Run ``benchmarks/NAME.py --quick ARGS``, check what every script must print (RESULT lines
+    last, each verdict consistent, the results file left alone) and return its stdout."""
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick"], capture_output=True,
-                       text=True, timeout=600, env=env, cwd=tmp_path)
+    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", *args],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr[-2000:]
     results = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert results and r.stdout.strip().splitlines()[-1] == results[-1]
@@ -43,6 +48,54 @@ def test_quick_run_smoke(name, tmp_path):
         assert re.fullmatch(r"RESULT \S+=\S+ goal=\S+ met=(yes|no)", line), line
         assert verdict_is_consistent(line), line
     assert "docs/RESULTS.md section" in r.stdout  # --quick leaves the results file alone
+    return r.stdout
+
+
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s not in CHECKED])
+def test_quick_run_smoke(name, tmp_path):
+    run_quick(name, tmp_path)
+
+
+def test_width_depth_quick_numbers(tmp_path):
+    """sudoku_width_depth --quick (tiny sudoku-4 GRAM run and baseline): every (N, depth) cell of
+    every method, accuracies in [0, 1], pass@N an upper bound on every method that never falls
+    with N, one trajectory's methods all equal, and a selection table that agrees with the grid
+    and whose paired intervals contain their differences."""
+    stdout = run_quick("sudoku_width_depth", tmp_path, "--json", str(tmp_path / "wd.json"))
+    r = json.loads((tmp_path / "wd.json").read_text())
+    ns, depths = r["samples_grid"], r["depths"]
+    assert ns == [1, 2, 4, 8] and depths == [1, 2, 4, 8] and r["trained_depth"] == 4
+    assert r["act"] is False and r["width"] == 8 and r["inputs"] == 12
+    grid = {k: np.array(v) for k, v in r["grid"].items()}
+    assert set(grid) == {"first", "vote", "lprm", "weighted", "pass@N"}
+    for k, g in grid.items():
+        assert g.shape == (len(ns), len(depths)), k
+        assert ((g >= 0) & (g <= 1)).all(), k
+        assert (grid["pass@N"] >= g).all(), k  # the chosen answer is one of the N
+    assert (np.diff(grid["pass@N"], axis=0) >= 0).all()
+    assert (grid["first"] == grid["first"][0]).all()  # trajectory 1, whatever N
+    for k in ("vote", "lprm", "weighted", "pass@N"):  # N = 1: nothing to choose from
+        assert np.allclose(grid[k][0], grid["first"][0]), k
+
+    sel = r["selection"]
+    i, j = ns.index(sel["n"]), depths.index(sel["depth"])
+    assert set(sel["accuracy"]) == {"first", "vote", "lprm", "weighted", "smc"}
+    for k in ("first", "vote", "lprm", "weighted"):
+        assert sel["accuracy"][k] == pytest.approx(grid[k][i, j]), k
+    assert sel["pass_at_n"] == pytest.approx(grid["pass@N"][i, j])
+    assert 0 <= sel["accuracy"]["smc"] <= 1
+    assert len(sel["pairs"]) == 10  # every pair of the five methods
+    for p in sel["pairs"]:
+        acc = sel["accuracy"]
+        assert p["diff"] == pytest.approx(acc[p["method"]] - acc[p["versus"]])
+        assert p["lo"] - 1e-9 <= p["diff"] <= p["hi"] + 1e-9
+    base = r["baseline_by_depth"]
+    assert len(base) == len(depths) and all(0 <= a <= 1 for a in base)
+    auc = r["lprm_within_auc"]
+    assert auc != auc or 0 <= auc <= 1  # NaN when no input has both outcomes
+    assert Path(r["figure"]).stat().st_size > 5000
+    assert "ACT is off everywhere" in stdout and "has the highest accuracy" in stdout
+    assert re.search(r"^RESULT \w+_minus_single_at_N8=", stdout, re.M)
 
 
 def test_the_verdict_check_can_fail():
