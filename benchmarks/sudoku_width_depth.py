@@ -60,7 +60,8 @@ from gram_pyro.select import METHODS  # noqa: E402
 PASS = "pass@N"
 LABELS = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N",
           "weighted": "LPRM-weighted vote", "smc": "LPRM-guided SMC", PASS: "pass@N (oracle)"}
-TINY = ["d_model=32", "n_layers=1", "steps=20", "eval_inputs=8"]  # tiny_run's size
+TINY = ["d_model=32", "n_layers=1", "steps=20", "eval_inputs=8", "critic_fit_steps=5",
+        "critic_fit_inputs=32"]  # tiny_run's size, with a token critic fit
 
 
 # -- measuring ------------------------------------------------------------------------------------
