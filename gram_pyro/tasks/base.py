@@ -247,6 +247,11 @@ class Task(ABC):
         """Size knobs of :meth:`_build` and their defaults (part of the cache key)."""
         return {}
 
+    def data_recipe(self):
+        """What else :meth:`_build` depends on besides the options (e.g. named difficulty
+        levels), so that changing it rebuilds the cached datasets; JSON-able."""
+        return None
+
     def augment(self, inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator):
         """Validity-preserving augmentation of a training batch (identity by default)."""
         return inputs, targets
@@ -261,8 +266,8 @@ class Task(ABC):
                             f"(options: {known})")
         full = {**defaults, **{k: coerce_option(k, v, defaults[k]) for k, v in sizes.items()}}
         label = self.name + ("-unconditional" if self.unconditional else "")
-        key = json.dumps({"task": label, "seed": seed, "sizes": full, "v": CACHE_VERSION},
-                         sort_keys=True)
+        key = json.dumps({"task": label, "seed": seed, "sizes": full, "v": CACHE_VERSION,
+                          "recipe": self.data_recipe()}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = cache_dir() / f"{label}-{digest}.npz"
         if cache and path.exists():
