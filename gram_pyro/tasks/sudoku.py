@@ -26,6 +26,7 @@ Data:
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -78,25 +79,31 @@ def count_csv_rows(path: str) -> int:
     """The number of data rows of a Sudoku-Extreme CSV, after checking its header and that every
     line has four fields; one cheap pass that parses nothing (the real files have millions)."""
     rows = 0
+    with _csv_errors(path), open(path, "rb") as f:
+        header = f.readline()
+        if header.count(b",") != 3:
+            raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
+        for line_no, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            if line.count(b",") != 3:
+                raise UserError(f"{path}, line {line_no}: expected 4 fields (source,question,"
+                                f"answer,rating), got {line.count(b',') + 1}")
+            rows += 1
+    return rows
+
+
+@contextmanager
+def _csv_errors(path: str):
+    """Turn a missing, unreadable or undecodable CSV file into one UserError naming it."""
     try:
-        with open(path, "rb") as f:
-            header = f.readline()
-            if header.count(b",") != 3:
-                raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
-            for line_no, line in enumerate(f, start=2):
-                if not line.strip():
-                    continue
-                if line.count(b",") != 3:
-                    raise UserError(f"{path}, line {line_no}: expected 4 fields (source,question,"
-                                    f"answer,rating), got {line.count(b',') + 1}")
-                rows += 1
+        yield
     except FileNotFoundError:
         raise UserError(f"sudoku CSV {path} not found") from None
     except IsADirectoryError:
         raise UserError(f"sudoku CSV {path} is a folder, not a file") from None
-    except OSError as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read sudoku CSV {path}: {e}") from None
-    return rows
 
 
 def read_sudoku_extreme_csv(path: str, limit: int | None = None, rows=None):
@@ -110,28 +117,21 @@ def read_sudoku_extreme_csv(path: str, limit: int | None = None, rows=None):
     """
     wanted = None if rows is None else set(int(r) for r in rows)
     puzzles, solutions, ratings = [], [], []
-    try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or len(header) != 4:
-                raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
-            index = -1
-            for row in reader:
-                if limit is not None and len(puzzles) >= limit:
-                    break
-                if not row:
-                    continue
-                index += 1
-                if wanted is not None and index not in wanted:
-                    continue
-                _read_row(row, path, reader.line_num, puzzles, solutions, ratings)
-    except FileNotFoundError:
-        raise UserError(f"sudoku CSV {path} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"sudoku CSV {path} is a folder, not a file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot read sudoku CSV {path}: {e}") from None
+    with _csv_errors(path), open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or len(header) != 4:
+            raise UserError(f"{path}, line 1: expected the header source,question,answer,rating")
+        index = -1
+        for row in reader:
+            if limit is not None and len(puzzles) >= limit:
+                break
+            if not row:
+                continue
+            index += 1
+            if wanted is not None and index not in wanted:
+                continue
+            _read_row(row, path, reader.line_num, puzzles, solutions, ratings)
     if not puzzles:
         raise UserError(f"sudoku CSV {path} has no puzzles")
     return np.stack(puzzles), np.stack(solutions), np.array(ratings, dtype=np.int64)
