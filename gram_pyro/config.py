@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 from gram_pyro.errors import UserError
 from gram_pyro.recursion import OBJECTIVES
+from gram_pyro.tasks import parse_task_name
 
 
 @dataclass
@@ -126,37 +129,20 @@ class Config:
     pyro_validation: bool = False  # Pyro's shape / support checks on every step (tests turn them on)
 
     def validate(self) -> "Config":
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.block not in ("mixer", "attention"):
-            raise UserError(f"block must be 'mixer' or 'attention', got {self.block!r}")
-        if self.on_nan not in ("stop", "skip"):
-            raise UserError(f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        for name in ("d_model", "n_layers", "k_low", "t_high", "n_supervision", "batch_size",
-                     "steps", "eval_interval", "eval_inputs", "eval_samples", "n_prefix"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.kl_balance <= 1 or not 0 <= self.ema < 1:
-            raise UserError("kl_balance must lie in [0, 1] and ema in [0, 1)")
-        if self.critic_fit_steps < 0 or self.critic_fit_inputs < 2 or self.critic_fit_trajectories < 1:
-            raise UserError("critic_fit_steps must be >= 0, critic_fit_inputs >= 2 and "
-                            "critic_fit_trajectories >= 1")
-        if not 0 <= self.critic_fit_share < 1:
-            raise UserError(f"critic_fit_share must lie in [0, 1), got {self.critic_fit_share}")
-        if any(not m > 0 for m in self.snapshot_minutes):
-            raise UserError(f"snapshot_minutes must be positive, got {self.snapshot_minutes}")
-        if self.critic_layers < 0:
-            raise UserError(f"critic_layers must be >= 0, got {self.critic_layers}")
-        if not self.beta > 0 or self.lr <= 0 or self.sigma_floor <= 0:
-            raise UserError("beta, lr and sigma_floor must be > 0 (beta is a poutine.scale)")
-        if self.beta_anneal_steps < 0:
-            raise UserError(f"beta_anneal_steps must be >= 0, got {self.beta_anneal_steps}")
+        """Every field checked: its type, finite, in its range (:data:`RANGES`), one of its
+        choices (:data:`CHOICES`), and the few rules that tie fields together. A config read
+        back from a checkpoint goes through the same checks."""
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
         if self.block == "attention" and self.d_model % (2 * self.n_heads):
             raise UserError(f"d_model ({self.d_model}) must be divisible by 2*n_heads ({2 * self.n_heads})")
+        if int(self.expansion * self.d_model) < 1:
+            raise UserError(f"expansion x d_model must be at least 1, got {self.expansion:g} x {self.d_model}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"betas takes two numbers in [0, 1) (AdamW's), got {self.betas}")
+        if not self.sigma_floor < self.init_sigma:
+            raise UserError(f"init_sigma ({self.init_sigma:g}) must be above sigma_floor "
+                            f"({self.sigma_floor:g})")
         return self
 
     def to_json(self) -> str:
@@ -173,9 +159,74 @@ class Config:
         d.setdefault("critic_fit_steps", 0)  # nor a final critic fit
         d.setdefault("links", False)  # nor structure links in the encoder
         for f in dataclasses.fields(cls):  # JSON has lists where the config has tuples
-            if isinstance(f.default, tuple) and f.name in d:
+            if isinstance(f.default, tuple) and isinstance(d.get(f.name), list):
                 d[f.name] = tuple(d[f.name])
-        return cls(**d)
+        return cls(**d).validate()
+
+
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds: 0 .. 2^32 - 1
+
+# Ranges of the numeric fields: (low, high, low_open); every number must also be finite. A new
+# numeric field needs an entry (tests/test_hostile.py fails without one).
+RANGES = {
+    "data_seed": (0, SEED_MAX, False), "seed": (0, SEED_MAX, False),
+    "d_model": (1, 16_384, False), "n_layers": (1, 64, False), "n_heads": (1, 256, False),
+    "expansion": (0, 64, True), "n_prefix": (1, 1024, False), "sigma_floor": (0, 1, True),
+    "init_sigma": (0, 100, True), "critic_layers": (0, 64, False),
+    "k_low": (1, 64, False), "t_high": (1, 64, False), "n_supervision": (1, 1024, False),
+    "beta": (0, 1e6, True), "beta_anneal_steps": (0, 10 ** 9, False), "kl_balance": (0, 1, False),
+    "act_weight": (0, 1e6, False), "lprm_weight": (0, 1e6, False),
+    "critic_fit_steps": (0, 10 ** 9, False), "critic_fit_inputs": (2, 10 ** 8, False),
+    "critic_fit_trajectories": (1, 10_000, False), "critic_fit_share": (0, 0.99, False),
+    "batch_size": (1, 10 ** 6, False), "lr": (0, 10, True), "betas": (0, 0.999999, False),
+    "weight_decay": (0, 1e3, False), "grad_clip": (0, 1e9, True),
+    "warmup_steps": (0, 10 ** 9, False), "ema": (0, 0.999999, False),
+    "steps": (1, 10 ** 9, False), "max_minutes": (0, 1e6, False),  # 0: no time budget
+    "eval_interval": (1, 10 ** 9, False), "eval_inputs": (1, 10 ** 8, False),
+    "eval_samples": (1, 10_000, False), "checkpoint_minutes": (0, 1e6, False),
+    "snapshot_minutes": (0, 1e6, True),
+}
+# The text fields with a closed set of values (``task`` and ``device`` have checks of their own).
+CHOICES = {
+    "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
+    "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"),
+}
+
+
+def _check_number(name: str, value) -> None:
+    lo, hi, open_lo = RANGES[name]
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if value < lo or (open_lo and value == lo) or value > hi:
+        low = f"above {lo:g}" if open_lo else f"at least {lo:g}"
+        raise UserError(f"{name} must be {low} and at most {hi:g}, got {value:g}")
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """One field's type, finiteness, range or choices; a UserError naming the field."""
+    kind = type(f.default) if f.default is not dataclasses.MISSING else dict
+    name = f.name
+    number = (int, float) if kind is float else (int,)
+    if kind is bool and not isinstance(value, bool) or kind is str and not isinstance(value, str) \
+            or kind in (int, float) and (isinstance(value, bool) or not isinstance(value, number)) \
+            or kind is tuple and not isinstance(value, (tuple, list)) \
+            or kind is dict and not isinstance(value, dict):
+        raise UserError(f"{name} takes a {kind.__name__}, got {value!r}")
+    if kind in (int, float):
+        _check_number(name, value)
+    elif kind is tuple:
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError(f"{name} takes numbers, got {value!r}")
+            _check_number(name, v)
+    elif name in CHOICES and value not in CHOICES[name]:
+        raise UserError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    elif name == "task":
+        parse_task_name(value)
+    elif name == "device" and not re.fullmatch(r"cpu|cuda(:[0-9]{1,2})?", value):
+        raise UserError(f"device must be cpu or cuda, got {value!r}")
+    elif kind is dict and not all(isinstance(k, str) for k in value):
+        raise UserError(f"{name} takes text keys, got {value!r}")
 
 
 PRESETS = {
@@ -215,23 +266,39 @@ def _coerce(field: dataclasses.Field, text: str):
         raise UserError(f"{field.name} takes a {kind.__name__}, got {text!r}") from None
 
 
-def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
-    """``preset`` + explicit ``fields`` + ``key=value`` strings (the CLI's ``--set``)."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
-    values = dict(PRESETS[preset])
-    family = fields.get("task", Config.task).split("-")[0]
-    if preset == "paper":
-        if family == "sudoku":
-            values.update(block="mixer", k_low=6)
-        key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
-            fields.get("task", Config.task)
-        values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
-    values.update({k: v for k, v in fields.items() if v is not None})
+# What a resumed run may change (``gram train --resume --set ...``): its budget, its NaN policy,
+# its logging and checkpointing, the final critic fit and the device. Anything else would make
+# the resumed run a different run from the one its checkpoint continues.
+RESUMABLE = frozenset({
+    "steps", "max_minutes", "on_nan", "device", "eval_interval", "eval_inputs", "eval_samples",
+    "checkpoint_minutes", "snapshot_minutes", "pyro_validation", "critic_fit_steps",
+    "critic_fit_inputs", "critic_fit_trajectories", "critic_fit_share"})
+
+
+def parse_overrides(overrides) -> dict:
+    """``key=value`` strings (the CLI's ``--set``) as typed config values (not yet validated)."""
     by_name = {f.name: f for f in dataclasses.fields(Config)}
+    values = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or key not in by_name:
             raise UserError(f"--set takes key=value with a config field, got {item!r}")
         values[key] = _coerce(by_name[key], text)
+    return values
+
+
+def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
+    """``preset`` + explicit ``fields`` + ``key=value`` strings (the CLI's ``--set``)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    family = str(fields.get("task") or Config.task).split("-")[0]
+    if preset == "paper":
+        if family == "sudoku":
+            values.update(block="mixer", k_low=6)
+        key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
+            (fields.get("task") or Config.task)
+        values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
+    values.update({k: v for k, v in fields.items() if v is not None})
+    values.update(parse_overrides(overrides))
     return Config(**values).validate()

@@ -6,6 +6,8 @@ module defining a Task subclass plus one line in ``_FAMILIES`` below.
 
 from __future__ import annotations
 
+import re
+
 from gram_pyro.errors import UserError
 from gram_pyro.tasks.base import Dataset, Split, Task, cache_dir
 
@@ -21,21 +23,29 @@ def task_names() -> list[str]:
     return [f"{family}-{n}" for family, (_, _, sizes) in _FAMILIES.items() for n in sizes]
 
 
-def get_task(name: str, unconditional: bool = False) -> Task:
-    """The task called ``name`` (``family-N``); its blank-input p(x) form if ``unconditional``."""
-    import importlib
-
+def parse_task_name(name: str) -> tuple[str, int]:
+    """``(family, N)`` of a task name ``family-N``; a UserError for anything else. Only ASCII
+    digits count (``str.isdigit`` also accepts characters such as "²" that ``int`` rejects)."""
     family, _, size = str(name).rpartition("-")
-    if family not in _FAMILIES or not size.isdigit():
+    if family not in _FAMILIES or not re.fullmatch(r"[0-9]{1,3}", size):
         raise UserError(f"unknown task {name!r}; `gram tasks` lists them (e.g. nqueens-8)")
-    module, cls, sizes = _FAMILIES[family]
+    sizes = _FAMILIES[family][2]
     n = int(size)
     if n not in sizes:
         allowed = ", ".join(str(s) for s in sizes) if not isinstance(sizes, range) else \
             f"{sizes.start}..{sizes.stop - 1}"
         raise UserError(f"task {family} has no size {n}; allowed sizes: {allowed}")
+    return family, n
+
+
+def get_task(name: str, unconditional: bool = False) -> Task:
+    """The task called ``name`` (``family-N``); its blank-input p(x) form if ``unconditional``."""
+    import importlib
+
+    family, n = parse_task_name(name)
+    module, cls, _ = _FAMILIES[family]
     task_cls = getattr(importlib.import_module(module), cls)
     return task_cls(n, unconditional=unconditional)
 
 
-__all__ = ["Dataset", "Split", "Task", "cache_dir", "get_task", "task_names"]
+__all__ = ["Dataset", "Split", "Task", "cache_dir", "get_task", "parse_task_name", "task_names"]

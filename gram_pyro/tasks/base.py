@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gram_pyro.errors import UserError
+from gram_pyro.errors import UserError, warn
 
 CACHE_VERSION = 1
 
@@ -108,10 +109,16 @@ class Dataset:
     test: Split
     meta: dict = field(default_factory=dict)
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str, nonempty: bool = False) -> Split:
+        """The split called ``name``; with ``nonempty``, a UserError if it has no inputs (some
+        small tasks have no validation split)."""
         if name not in ("train", "val", "test"):
             raise UserError(f"unknown split {name!r}; choose train, val or test")
-        return getattr(self, name)
+        split = getattr(self, name)
+        if nonempty and len(split) == 0:
+            task = self.meta.get("task", "this task")
+            raise UserError(f"the {name} split of {task} is empty; choose another split")
+        return split
 
     def stats(self) -> dict:
         out = {}
@@ -256,32 +263,81 @@ class Task(ABC):
         """Validity-preserving augmentation of a training batch (identity by default)."""
         return inputs, targets
 
+    def check_options(self, options: dict) -> None:
+        """Task-specific checks of the dataset options (after the generic ones of
+        :func:`check_option`); raise UserError. Nothing by default."""
+
     def build(self, seed: int = 0, cache: bool = True, progress: bool = False, **sizes) -> Dataset:
-        """The dataset for ``seed``, built once and cached under :func:`cache_dir`."""
+        """The dataset for ``seed``, built once and cached under :func:`cache_dir`.
+
+        Every option is checked first (:func:`check_option`, :meth:`check_options`), and a build
+        that leaves the train or test split empty is an error. A cache file is used only if it
+        holds this task's dataset for these options with the task's shapes; a bad one is rebuilt,
+        and a cache folder that cannot be written is skipped with a warning."""
         defaults = self.default_sizes()
         unknown = set(sizes) - set(defaults)
         if unknown:
             known = ", ".join(sorted(defaults)) or "none"
             raise UserError(f"task {self.name} has no dataset option {sorted(unknown)[0]!r} "
                             f"(options: {known})")
-        full = {**defaults, **{k: coerce_option(k, v, defaults[k]) for k, v in sizes.items()}}
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+            raise UserError(f"the data seed must be a whole number in 0..{2 ** 32 - 1}, got {seed!r}")
+        seed = int(seed)
+        full = {**defaults, **{k: check_option(k, coerce_option(k, v, defaults[k]), defaults[k])
+                               for k, v in sizes.items()}}
+        fractions = [v for k, v in full.items() if k.endswith("_fraction") and k != "multi_fraction"]
+        if sum(fractions) >= 1:
+            raise UserError(f"the split fractions of {self.name} must sum to less than 1, got "
+                            + " + ".join(f"{v:g}" for v in fractions))
+        self.check_options(full)
         label = self.name + ("-unconditional" if self.unconditional else "")
         key = json.dumps({"task": label, "seed": seed, "sizes": full, "v": CACHE_VERSION,
                           "recipe": self.data_recipe()}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = cache_dir() / f"{label}-{digest}.npz"
-        if cache and path.exists():
+        if cache and path.is_file():
             try:
-                return Dataset.load(path)
-            except Exception:  # a corrupt cache file is rebuilt, not fatal
-                pass
+                data = Dataset.load(path)
+                problem = self._cache_mismatch(data, seed, full)
+            except Exception:  # noqa: BLE001 - a corrupt cache file is rebuilt, not fatal
+                problem = "it cannot be read"
+            if problem is None:
+                return data
+            warn(f"ignoring the cached dataset {str(path)!r} ({problem}); rebuilding it")
         self._progress = progress
         data = self._build(seed, **full)
         data.meta.update({"task": self.name, "unconditional": self.unconditional, "seed": seed,
                           "sizes": full})
+        empty = [name for name in ("train", "test") if len(data.split(name)) == 0]
+        if empty:
+            given = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the default options"
+            raise UserError(f"{self.name} with {given} leaves the {' and '.join(empty)} split"
+                            f"{'s' if len(empty) > 1 else ''} empty; change the dataset options")
         if cache:
-            data.save(path)
+            try:
+                data.save(path)
+            except OSError as e:
+                warn(f"cannot cache the dataset in {str(path.parent)!r} ({e.strerror or e}); "
+                     "going on without the cache (set GRAM_CACHE_DIR to a writable folder)")
         return data
+
+    def _cache_mismatch(self, data: Dataset, seed: int, options: dict) -> str | None:
+        """None if ``data`` is this task's dataset for ``seed`` and ``options``, else why not."""
+        meta = data.meta
+        if meta.get("task") != self.name or bool(meta.get("unconditional")) != self.unconditional:
+            return f"it holds {meta.get('task')!r}, not {self.name}"
+        if meta.get("seed") != seed or meta.get("sizes") != json.loads(json.dumps(options)):
+            return "it was built with another seed or other options"
+        for name in ("train", "val", "test"):
+            s = data.split(name)
+            if s.inputs.shape[1:] != (self.seq_len,) or s.completions.shape[1:] != (self.answer_len,):
+                return f"its {name} split has the wrong shape"
+            if len(s.inputs) and not (0 <= s.inputs.min() and s.inputs.max() < self.input_vocab):
+                return f"its {name} inputs hold tokens outside the task's vocabulary"
+            if len(s.completions) and not (0 <= s.completions.min()
+                                           and s.completions.max() < self.answer_vocab):
+                return f"its {name} answers hold classes outside the task's vocabulary"
+        return None
 
     def describe(self) -> dict:
         return {"name": self.name, "seq_len": self.seq_len, "input_vocab": self.input_vocab,
@@ -295,13 +351,59 @@ def coerce_option(name: str, value, default):
         return value
     try:
         if isinstance(default, bool):
-            return value.lower() in ("1", "true", "yes", "on")
+            if value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise ValueError(value)
         if isinstance(default, (list, tuple)):
             return [int(v) for v in value.split(",") if v.strip()]
         return type(default)(value)
     except ValueError:
-        raise UserError(f"dataset option {name} takes a {type(default).__name__}, "
-                        f"got {value!r}") from None
+        kind = "list of whole numbers" if isinstance(default, (list, tuple)) else \
+            {int: "whole number", float: "number"}.get(type(default), type(default).__name__)
+        raise UserError(f"dataset option {name} takes a {kind}, got {value!r}") from None
+
+
+OPTION_MAX = 10 ** 8  # no dataset option counts more than this
+
+
+def check_option(name: str, value, default):
+    """The generic checks of one dataset option: its default's type, finite numbers, whole
+    numbers in 0..OPTION_MAX, split fractions in [0, 1), other fractions (``*_fraction``, ``p``)
+    in [0, 1], and a list the task
+    needs (a non-empty default) not empty. Returns the value."""
+    def bad(why: str):
+        return UserError(f"dataset option {name} {why}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("takes true or false")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("takes text")
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            raise bad("takes a list of whole numbers")
+        if default and not value:
+            raise bad("needs at least one value")
+        for v in value:
+            check_option(name, v, 0)
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise bad("takes a number")
+        if not math.isfinite(value):
+            raise bad("must be finite")
+        if isinstance(default, int) and not float(value).is_integer():
+            raise bad("takes a whole number")
+        if name in ("test_fraction", "val_fraction"):
+            if not 0 <= value < 1:
+                raise bad("must lie in [0, 1)")
+        elif name.endswith("_fraction") or name == "p":
+            if not 0 <= value <= 1:
+                raise bad("must lie in [0, 1]")
+        elif not 0 <= value <= OPTION_MAX:
+            raise bad(f"must lie in 0..{OPTION_MAX:g}")
+    return value
 
 
 def clean_puzzle_text(text: str) -> str:

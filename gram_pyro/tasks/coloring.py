@@ -341,8 +341,9 @@ class Coloring(Task):
         return np.array(graphs, np.int64).reshape(-1, self.edges), sols
 
     def _build(self, seed: int, graphs, p, max_colourings, test_fraction, val_fraction) -> Dataset:
-        if not 0 < p <= 1:
-            raise UserError(f"edge probability p must be in (0, 1], got {p}")
+        if not 0 < p < 1:
+            raise UserError(f"edge probability p must lie in (0, 1), got {p} (p = 1: complete "
+                            "graphs, which 3 colours cannot colour)")
         rng = np.random.default_rng(seed)
         bits, sols = self.sample_graphs(rng, graphs, p, max_colourings)
         keys = graph_keys(bits, self.n)
