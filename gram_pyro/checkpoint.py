@@ -1,10 +1,20 @@
 """Run folders and checkpoints.
 
 A run folder ``DIR`` holds ``checkpoint.pt`` (weights, EMA weights, optimizer, RNG states, step,
-config), ``config.json`` and ``metrics.jsonl``. Checkpoints are written atomically (temporary
-file, fsync, rename; the previous good one is kept as ``checkpoint.prev.pt``) and loaded with
-``weights_only=True``: a checkpoint is data, never code. A crafted pickle that tries to run code
-is refused, and a truncated or corrupt file gives a one-line error.
+config), ``config.json`` (a record of the config for people and tools; the one inside the
+checkpoint is the one used) and ``metrics.jsonl``.
+
+Checkpoints are written atomically with no gap: the new file is written and fsynced beside the
+old one, the old one is linked to ``checkpoint.prev.pt``, and the new one replaces
+``checkpoint.pt`` in one rename, so once a first save has completed ``checkpoint.pt`` always
+exists, whenever the process is killed. Loading falls back to ``checkpoint.prev.pt``, with a
+warning, if ``checkpoint.pt`` cannot be read. Checkpoints are loaded with ``weights_only=True``:
+a checkpoint is data, never code. A crafted pickle that tries to run code is refused, and a
+truncated or corrupt file, entries of the wrong type, an invalid stored config or non-finite
+weights give a one-line error.
+
+A writer (training, resuming, refitting the critic) holds :class:`RunLock` on its folder, so a
+second writer is refused, and it removes the temporary files a killed save left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,61 +30,224 @@ import torch
 
 from gram_pyro.build import build_net
 from gram_pyro.config import Config
-from gram_pyro.errors import UserError
+from gram_pyro.errors import UserError, warn
 from gram_pyro.tasks import get_task
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+LOCK = ".lock"
+RUN_FILES = (CHECKPOINT, PREVIOUS, "config.json", "metrics.jsonl", "critic.json")
+
+
+def previous_of(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the renames are still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, keep the old one, rename."""
+    """Save ``obj`` to ``path`` with no moment where ``path`` is missing or partial.
+
+    ``torch.save`` to a temporary file in the same folder and fsync it; hard-link the current
+    file (a copy where links are not supported) to a temporary name and rename that over
+    ``<name>.prev<suffix>``; then rename the new file over ``path``. A kill at any point leaves
+    ``path`` whole (old or new) and at most stale temporary files, which
+    :func:`remove_stale_temps` clears. OSError (a read-only folder, a full disk) propagates
+    after the temporary files are removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    prev = previous_of(path)
+    keep = path.with_name(f".{prev.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            os.replace(path, path.with_name(path.stem + ".prev" + path.suffix))
+            try:
+                os.link(path, keep)
+            except OSError:
+                shutil.copyfile(path, keep)
+            os.replace(keep, prev)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for t in (tmp, keep):
+            try:
+                t.unlink()
+            except FileNotFoundError:
+                pass
 
 
-def load_checkpoint(run_dir) -> dict:
-    """The checkpoint of ``run_dir`` as plain data; UserError for anything missing or bad."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {str(run_dir)!r} does not exist")
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"no {CHECKPOINT} in {str(run_dir)!r}; train a model there first")
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed saves left in ``folder`` (call it holding the
+    folder's :class:`RunLock`: then no save of another process is under way there)."""
+    removed = []
+    for t in Path(folder).glob(".*.tmp[0-9]*"):
+        if t.is_file() and t.name.startswith((f".{CHECKPOINT}", f".{PREVIOUS}")):
+            t.unlink(missing_ok=True)
+            removed.append(t)
+    return removed
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds (the start of) a run: a checkpoint, its config or its log."""
+    return any((Path(folder) / name).exists() for name in RUN_FILES)
+
+
+def _read(path: Path) -> dict:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, zip errors, refused globals all land here
+    except Exception as e:  # noqa: BLE001 - pickle, zip, I/O errors, refused globals all land here
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it contains objects other than tensors and plain data (refused for safety)"
         raise UserError(f"cannot load checkpoint {str(path)!r}: {reason}") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise UserError(f"checkpoint {str(path)!r} is not a gram-pyro checkpoint")
+    check_contents(ckpt, path)
     return ckpt
 
 
-def config_of(ckpt: dict) -> Config:
+def _is_weights(d) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                       for k, v in d.items())
+
+
+def check_contents(ckpt, path) -> None:
+    """The entries a gram-pyro checkpoint holds, of the right types, with a valid stored config
+    and finite weights; UserError naming what is wrong."""
+    where = f"checkpoint {str(path)!r}"
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{where} is not a gram-pyro checkpoint")
+    if not isinstance(ckpt["config"], str):
+        raise UserError(f"{where} has no readable config")
+    config_of(ckpt, where)
+    for key in ("model", "ema"):
+        if key == "model" or ckpt.get(key) is not None:
+            if not _is_weights(ckpt[key]):
+                raise UserError(f"{where}: its {key!r} entry is not a set of named tensors")
+            bad = [k for k, v in ckpt[key].items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise UserError(f"{where}: {len(bad)} of its {key} weights are not finite "
+                                f"(e.g. {bad[0]}); it cannot be used")
+    for key, kind in (("step", int), ("total_steps", int), ("elapsed", float),
+                      ("nan_skips", int), ("ema_updates", int)):
+        value = ckpt.get(key, 0)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (kind is float or float(value).is_integer()) and 0 <= value < float("inf")
+        if not ok:
+            raise UserError(f"{where}: its {key!r} entry is {value!r}, not a {kind.__name__} >= 0")
+    fit = ckpt.get("critic_fit")
+    if fit is not None and not (isinstance(fit, dict) and _is_weights(fit.get("weights"))):
+        raise UserError(f"{where}: its 'critic_fit' entry is not a fitted critic")
+
+
+def load_checkpoint(run_dir) -> dict:
+    """The checkpoint of ``run_dir`` as plain data; UserError for anything missing or bad.
+    If ``checkpoint.pt`` is missing or unreadable and ``checkpoint.prev.pt`` loads, that one is
+    used, with a warning."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {str(run_dir)!r} does not exist")
+    path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if not path.is_file() and not prev.is_file():
+        raise UserError(f"no {CHECKPOINT} in {str(run_dir)!r}; train a model there first")
     try:
-        return Config.from_dict(json.loads(ckpt["config"]))
+        if not path.is_file():
+            raise UserError(f"{str(path)!r} is missing")
+        return _read(path)
+    except UserError as first:
+        if not prev.is_file():
+            raise
+        try:
+            ckpt = _read(prev)
+        except UserError:
+            raise first from None
+        warn(f"{first}; using the previous checkpoint {str(prev)!r} (step {ckpt.get('step', 0)})")
+        return ckpt
+
+
+def config_of(ckpt: dict, where: str = "the checkpoint") -> Config:
+    """The config stored in a checkpoint, validated like any other."""
+    try:
+        stored = json.loads(ckpt["config"])
+        if not isinstance(stored, dict):
+            raise TypeError("not a JSON object")
+        return Config.from_dict(stored)
     except (TypeError, ValueError, UserError) as e:
-        raise UserError(f"checkpoint config is unreadable: {e}") from None
+        raise UserError(f"{where} holds an invalid config: {e}") from None
+
+
+def warn_if_config_edited(run_dir: Path, cfg: Config) -> None:
+    """``config.json`` is a record, never read back: say so when it no longer matches the
+    config stored in the checkpoint (someone edited it expecting an effect)."""
+    record = Path(run_dir) / "config.json"
+    try:
+        written = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    used = json.loads(cfg.to_json())
+    if not isinstance(written, dict) or any(used.get(k, k) != v for k, v in written.items()):
+        warn(f"{str(record)!r} differs from the config stored in the checkpoint, which is the "
+             "one used (config.json is a record of the run and is never read back)")
+
+
+class RunLock:
+    """An exclusive lock on a run folder for one writer process (``fcntl.flock`` on
+    ``DIR/.lock``; the kernel drops it when the process ends, however it ends). A second writer
+    gets a one-line UserError naming the holder's PID. Where ``fcntl`` does not exist (Windows)
+    the lock is a no-op."""
+
+    def __init__(self, folder, what: str):
+        self.folder, self.what, self._file = Path(folder), what, None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        check_writable(self.folder)
+        try:
+            f = open(self.folder / LOCK, "a+")
+        except OSError as e:
+            raise UserError(f"cannot lock run folder {str(self.folder)!r}: {e.strerror}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise UserError(f"run folder {str(self.folder)!r} is in use by {holder}; wait for it "
+                            "to finish or choose another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"PID {os.getpid()} ({self.what})")
+        f.flush()
+        self._file = f
+        remove_stale_temps(self.folder)
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the flock
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def load_run(run_dir, ema: bool = True, device: str = "cpu"):
@@ -81,12 +255,17 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu"):
     the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one."""
     ckpt = load_checkpoint(run_dir)
     cfg = config_of(ckpt)
+    warn_if_config_edited(run_dir, cfg)
     task = get_task(cfg.task, unconditional=cfg.unconditional)
     net = build_net(task, cfg, device)
     use_ema = ema and ckpt.get("ema") is not None
     weights = dict(ckpt["ema"] if use_ema else ckpt["model"])
     if use_ema and isinstance(ckpt.get("critic_fit"), dict):
-        weights.update(ckpt["critic_fit"].get("weights", {}))
+        weights.update(ckpt["critic_fit"]["weights"])
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"the critic fitted in {str(run_dir)!r} has non-finite weights (e.g. {bad[0]}); "
+                        "refit it with `gram fit-critic`")
     try:
         net.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
@@ -98,7 +277,7 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu"):
 def check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from gram_pyro import metrics
 from gram_pyro.build import programs, run_data
-from gram_pyro.checkpoint import CHECKPOINT, atomic_save, check_writable, load_checkpoint, load_run
+from gram_pyro.checkpoint import CHECKPOINT, RunLock, atomic_save, load_checkpoint, load_run
+from gram_pyro.errors import UserError
 
 CRITIC_REPORT = "critic.json"
 
@@ -215,19 +216,27 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     report to ``critic.json`` in the run folder. Defaults come from the run's config.
     """
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir)
-    check_writable(run_dir)
-    task, cfg, net = load_run(run_dir, device=device)
-    model, _ = programs(net, cfg)
-    steps = (cfg.critic_fit_steps or 600) if steps is None else steps
-    report, weights = fit_config_critic(
-        model, task, cfg, run_data(task, cfg).train.inputs, steps=steps, inputs=inputs,
-        trajectories=trajectories, seconds=seconds, seed=seed, progress=progress)
-    ckpt["critic_fit"] = {"step": int(ckpt.get("step", 0)), "weights": weights,
-                          "report": json.dumps(report)}
-    atomic_save(ckpt, run_dir / CHECKPOINT)
-    (run_dir / CRITIC_REPORT).write_text(json.dumps({"step": int(ckpt.get("step", 0)), **report},
-                                                    indent=1))
+    load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
+    with RunLock(run_dir, "gram fit-critic"):  # no trainer may write the checkpoint meanwhile
+        ckpt = load_checkpoint(run_dir)
+        task, cfg, net = load_run(run_dir, device=device)
+        model, _ = programs(net, cfg)
+        steps = (cfg.critic_fit_steps or 600) if steps is None else steps
+        report, weights = fit_config_critic(
+            model, task, cfg, run_data(task, cfg).train.inputs, steps=steps, inputs=inputs,
+            trajectories=trajectories, seconds=seconds, seed=seed, progress=progress)
+        if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
+            raise UserError("the critic fit diverged (non-finite weights); the checkpoint is "
+                            "unchanged (try fewer --steps)")
+        ckpt["critic_fit"] = {"step": int(ckpt.get("step", 0)), "weights": weights,
+                              "report": json.dumps(report)}
+        try:
+            atomic_save(ckpt, run_dir / CHECKPOINT)
+            (run_dir / CRITIC_REPORT).write_text(
+                json.dumps({"step": int(ckpt.get("step", 0)), **report}, indent=1))
+        except OSError as e:
+            raise UserError(f"cannot write the fitted critic to {str(run_dir)!r}: "
+                            f"{e.strerror or e}") from None
     return report
 
 

@@ -8,11 +8,14 @@ batches) and adds the evaluation's prior-rollout figures on the validation split
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from gram_pyro.errors import warn
 
 MEANS = ("loss", "recon", "kl_total", "act", "posterior_acc", "prior_batch_acc", "grad_norm", "lr")
 
@@ -24,13 +27,37 @@ class MetricsLog:
     def reset(self) -> None:
         self.path.write_text("")
 
-    def keep_until(self, step: int) -> None:
-        """Drop records after ``step`` (a resumed run continues from its checkpoint's step)."""
+    def records(self) -> tuple[list[dict], int]:
+        """The log's records, and how many lines could not be read (a line torn by a kill in
+        the middle of a write; only the last line can be)."""
         if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+            return [], 0
+        out, torn = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                torn += 1
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+            else:
+                torn += 1
+        return out, torn
+
+    def keep_until(self, step: int) -> None:
+        """Drop records after ``step`` (a resumed run continues from its checkpoint's step) and
+        lines that cannot be read, with a warning for those."""
+        records, torn = self.records()
+        if torn:
+            warn(f"dropped {torn} unreadable line{'s' if torn > 1 else ''} from {str(self.path)!r} "
+                 "(a write cut off by a kill)")
+        kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -29,6 +29,7 @@ probabilistic heads.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 import time
@@ -42,9 +43,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from gram_pyro.build import build_net, check_precision, programs, resolve_device, run_data
-from gram_pyro.checkpoint import CHECKPOINT, atomic_save, check_writable, config_of, \
-    load_checkpoint, rng_state, set_rng_state
-from gram_pyro.config import Config
+from gram_pyro.checkpoint import CHECKPOINT, RUN_FILES, RunLock, atomic_save, check_writable, \
+    config_of, holds_run, load_checkpoint, rng_state, set_rng_state, warn_if_config_edited
+from gram_pyro.config import RESUMABLE, Config
 from gram_pyro.critic import CRITIC_REPORT, fit_config_critic
 from gram_pyro.distributed import EpochSampler, Group, check_batch, rank_seed
 from gram_pyro.elbo import GramELBO
@@ -89,6 +90,36 @@ def non_finite(value, pieces: dict, what: str) -> str | None:
         if culprits else "")
 
 
+def resumed_config(stored: Config, changes: dict) -> Config:
+    """The config a resumed run continues with: the stored one, with the asked ``changes`` to
+    the fields in :data:`~gram_pyro.config.RESUMABLE` (budget, NaN policy, logging, device); a
+    change to any other field (the model, the data, the objective) is refused."""
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE and getattr(stored, k) != v}
+    if refused:
+        k, v = next(iter(refused.items()))
+        raise UserError(f"--resume continues the run with its stored config; {k} cannot change "
+                        f"(stored {getattr(stored, k)!r}, asked {v!r}). Fields that can: "
+                        + ", ".join(sorted(RESUMABLE)))
+    return dataclasses.replace(stored, **changes).validate()
+
+
+class _IOErrors:
+    """``with``: an OSError inside becomes a one-line UserError that says what was being
+    written and whether a checkpoint is intact."""
+
+    def __init__(self, what: str, trainer: "Trainer"):
+        self.what, self.trainer = what, trainer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is not None and issubclass(kind, OSError):
+            raise UserError(f"cannot {self.what} in {str(self.trainer.out)!r}: "
+                            f"{error.strerror or error}; {self.trainer._checkpoint_note()}") from None
+        return False
+
+
 class Trainer:
     """Trains one run into ``out_dir`` (fresh, or resumed from its checkpoint).
 
@@ -97,13 +128,30 @@ class Trainer:
     and left by :meth:`close` (which :meth:`fit` calls at the end).
     """
 
-    def __init__(self, cfg: Config, out_dir, resume: bool = False, progress: bool = True,
-                 group: Group | None = None):
+    def __init__(self, cfg: Config | None, out_dir, resume: bool = False, progress: bool = True,
+                 group: Group | None = None, changes: dict | None = None, overwrite: bool = False):
         self.out = Path(out_dir)
         self.group = group or Group.from_environment()
         self.progress = progress and self.group.main
-        ckpt = self._checkpoint_to_resume(resume)
-        cfg = config_of(ckpt) if ckpt is not None else cfg
+        self.lock = RunLock(self.out, "gram train --resume" if resume else "gram train")
+        if self.group.main:
+            self.lock.acquire()  # one writer per run folder, held until close()
+        try:
+            self._setup(cfg, resume, changes or {}, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: Config | None, resume: bool, changes: dict, overwrite: bool) -> None:
+        ckpt = self._checkpoint_to_resume(resume, overwrite)
+        new_horizon = False
+        if ckpt is not None:
+            stored = config_of(ckpt)
+            warn_if_config_edited(self.out, stored)
+            cfg = resumed_config(stored, changes)
+            new_horizon = cfg.steps != stored.steps
+        elif cfg is None:
+            raise UserError("a fresh run needs a config (the task at least)")
         self.cfg = cfg
         rank, world = self.group.rank, self.group.world_size
         check_batch(cfg.batch_size, world)  # on every rank, before any collective
@@ -150,30 +198,64 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.schedule = Schedule(cfg)
         self.log = MetricsLog(self.out / "metrics.jsonl")
-        self.step, self.elapsed, self.nan_skips = 0, 0.0, 0
+        self.step, self.elapsed, self.nan_skips, self.rollbacks = 0, 0.0, 0, 0
+        self.saved_step = None  # the step of the last checkpoint this folder holds
         self.critic_fit = None  # the critic fitted on the EMA model at the end (gram_pyro.critic)
         if ckpt is not None:
             self._restore(ckpt)
+            self.saved_step = self.step
+            if new_horizon:  # --steps changed: the cosine now ends at the new step budget
+                self.schedule.total_steps = max(self.step, cfg.steps)
         else:
             random.seed(seed)
             pyro.set_rng_seed(seed)
             if self.group.main:
-                (self.out / "config.json").write_text(cfg.to_json())
-                self.log.reset()
+                with self._io("write config.json"):
+                    (self.out / "config.json").write_text(cfg.to_json())
+                    self.log.reset()
         self._snapshots_taken = {m for m in cfg.snapshot_minutes if self.elapsed >= m * 60}
+        self._good = self._copy_state()  # the last finite state, for --on-nan skip's rollback
 
-    def _checkpoint_to_resume(self, resume: bool) -> dict | None:
-        if (self.out / CHECKPOINT).exists():
-            if not resume:
-                raise UserError(f"{str(self.out)!r} already holds a run; pass --resume to continue "
-                                "it, or choose another --out")
-            return load_checkpoint(self.out)
-        if resume:
-            raise UserError(f"nothing to resume: no {CHECKPOINT} in {str(self.out)!r}")
-        return None
+    def _checkpoint_to_resume(self, resume: bool, overwrite: bool) -> dict | None:
+        if resume and overwrite:
+            raise UserError("--resume continues the run in the folder and --overwrite discards it; "
+                            "pass one of them")
+        if not holds_run(self.out):
+            if resume:
+                raise UserError(f"nothing to resume: no {CHECKPOINT} in {str(self.out)!r}")
+            return None
+        if overwrite:
+            if self.group.main:
+                self._discard_run()
+            return None
+        if not resume:
+            raise UserError(f"{str(self.out)!r} already holds a run; pass --resume to continue it, "
+                            "--overwrite to discard it, or choose another --out")
+        if not any((self.out / name).is_file() for name in (CHECKPOINT, "checkpoint.prev.pt")):
+            raise UserError(f"nothing to resume: {str(self.out)!r} holds the start of a run that "
+                            "was stopped before its first checkpoint; pass --overwrite to start "
+                            "it afresh")
+        return load_checkpoint(self.out)  # falls back to checkpoint.prev.pt, with a warning
+
+    def _discard_run(self) -> None:
+        """``--overwrite``: remove what a run writes in its folder (nothing else)."""
+        import shutil
+
+        with self._io("discard the old run"):
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+            for plot in [*self.out.glob("eval_*.png"), self.out / "generated.png"]:
+                plot.unlink(missing_ok=True)
+            shutil.rmtree(self.out / "snapshots", ignore_errors=True)
+
+    def _io(self, what: str):
+        """A context that turns an OSError (read-only folder, full disk) into a one-line error."""
+        return _IOErrors(what, self)
 
     def close(self) -> None:
-        """Leave the process group this trainer joined (a no-op for one process)."""
+        """Leave the process group this trainer joined (a no-op for one process) and release
+        the run folder's lock."""
+        self.lock.release()
         self.group.close()
 
     @property
@@ -203,11 +285,57 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write the checkpoint (rank 0); every rank must call it (it gathers RNG states)."""
+        """Write the checkpoint (rank 0); every rank must call it (it gathers RNG states).
+        Non-finite weights are never written: :meth:`_ensure_finite` stops or rolls back first."""
+        self._ensure_finite("before saving")
         state = self.state_dict()
         if self.group.main:
-            atomic_save(state, self.out / CHECKPOINT)
+            with self._io("write the checkpoint"):
+                atomic_save(state, self.out / CHECKPOINT)
+            self.saved_step = self.step
+        self._good = self._copy_state()
         self.group.barrier()  # on every rank, save() returns once the checkpoint is on disk
+
+    # -- non-finite weights -------------------------------------------------------------------
+    def _copy_state(self) -> dict:
+        """The weights, EMA and optimizer state, copied to the CPU: the rollback point."""
+        cpu = lambda sd: {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}  # noqa: E731
+        return {"model": cpu(self.net.state_dict()), "ema": cpu(self.ema_net.state_dict()),
+                "ema_updates": int(self.ema.n_averaged), "step": self.step,
+                "optimizer": copy.deepcopy(self.opt.state_dict())}
+
+    def _weights_finite(self, ema: bool = True) -> bool:
+        """One device sync: the largest magnitude of every weight (and EMA weight), finite?"""
+        nets = (self.net, self.ema_net) if ema else (self.net,)
+        peaks = [p.detach().abs().amax() for net in nets for p in net.parameters()]
+        return bool(torch.isfinite(torch.stack(peaks)).all())
+
+    def _ensure_finite(self, when: str, ema: bool = True) -> bool:
+        """True if the weights are finite. Otherwise ``on_nan="stop"`` raises (nothing is
+        written) and ``"skip"`` rolls the weights, EMA and optimizer back to the last finite
+        state (the last save, or the start) and returns False; the data stream goes on."""
+        if self._weights_finite(ema):
+            return True
+        why = f"the weights became non-finite {when} at step {self.step}"
+        if self.cfg.on_nan == "stop":
+            raise UserError(f"{why}; {self._checkpoint_note()} (lower lr, or pass --on-nan skip)")
+        good = self._good
+        self.net.load_state_dict(good["model"])
+        self.ema_net.load_state_dict(good["ema"])
+        self.ema.n_averaged.fill_(good["ema_updates"])
+        self.opt.load_state_dict(copy.deepcopy(good["optimizer"]))
+        self.step = good["step"]
+        self.rollbacks += 1
+        self.nan_skips += 1
+        if self.group.main:
+            with self._io("write metrics.jsonl"):
+                self.log.keep_until(self.step)
+        return False
+
+    def _checkpoint_note(self) -> str:
+        if getattr(self, "saved_step", None) is None:
+            return f"no checkpoint was written in {str(self.out)!r} yet"
+        return f"the last checkpoint in {str(self.out)!r} (step {self.saved_step}) is intact"
 
     def _restore(self, ckpt: dict) -> None:
         try:
@@ -233,7 +361,8 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"cannot resume from the checkpoint: {str(e).splitlines()[0]}") from None
         if self.group.main:  # the log keeps only what the checkpoint has seen
-            self.log.keep_until(self.step)
+            with self._io("rewrite metrics.jsonl"):
+                self.log.keep_until(self.step)
 
     # -- one batch ----------------------------------------------------------------------------
     def sample_batch(self):
@@ -279,14 +408,17 @@ class Trainer:
                 bad = non_finite(grad_norm, {}, "gradient norm")  # the same on all ranks
             if bad:
                 if cfg.on_nan == "stop":
-                    raise UserError(f"{bad} at step {self.step}; the last checkpoint in "
-                                    f"{str(self.out)!r} is intact (lower lr or beta, or pass "
-                                    "--on-nan skip)")
+                    raise UserError(f"{bad} at step {self.step}; {self._checkpoint_note()} (lower "
+                                    "lr or beta, or pass --on-nan skip)")
                 self.opt.zero_grad(set_to_none=True)
                 self.nan_skips += 1
                 logs.append({"step": self.step, "skipped": bad})
                 break  # this batch's chain is unusable; the next batch starts afresh
             self.opt.step()
+            if not self._ensure_finite("after the update", ema=False):  # skip mode rolled back
+                logs.append({"step": self.step, "skipped": "non-finite weights after an update; "
+                             f"rolled back to step {self.step}"})
+                break
             self.ema.update_parameters(net)
             self.step += 1
             post_state, prior_state = out["post_state"], out.get("prior_state")
@@ -338,7 +470,7 @@ class Trainer:
             self.schedule.replan(self.step, self.elapsed)
             self._snapshot_if_due()
             bar.total = self.schedule.total_steps
-            bar.update(self.step - before)
+            bar.update(max(0, self.step - before))
             if self.step // cfg.eval_interval != before // cfg.eval_interval \
                     or self.step >= self.schedule.total_steps:
                 if main:
@@ -352,7 +484,8 @@ class Trainer:
             self.fit_critic()
         if main and (window or not last_eval):
             last_eval = self.evaluate()
-            self.log.append(summarize(window, self.step, self.nan_skips) | last_eval)
+            with self._io("write metrics.jsonl"):
+                self.log.append(summarize(window, self.step, self.nan_skips) | last_eval)
         self.save()
         return {"step": self.step, "minutes": self.elapsed / 60} | last_eval
 
@@ -362,12 +495,14 @@ class Trainer:
         for minutes in self.cfg.snapshot_minutes:
             if minutes in self._snapshots_taken or self.elapsed < minutes * 60:
                 continue
+            self._ensure_finite("before a snapshot")
             state = self.state_dict()
             if self.group.main:
                 folder = self.out / "snapshots" / f"{minutes:g}min"
-                folder.mkdir(parents=True, exist_ok=True)
-                atomic_save(state, folder / CHECKPOINT)
-                (folder / "config.json").write_text(self.cfg.to_json())
+                with self._io("write a snapshot"):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    atomic_save(state, folder / CHECKPOINT)
+                    (folder / "config.json").write_text(self.cfg.to_json())
             self._snapshots_taken.add(minutes)
 
     def fit_critic(self) -> None:
@@ -388,7 +523,8 @@ class Trainer:
                 progress=self.progress)
         self.elapsed += time.perf_counter() - t0
         self.critic_fit = {"step": self.step, "weights": weights, "report": json.dumps(report)}
-        (self.out / CRITIC_REPORT).write_text(json.dumps({"step": self.step, **report}, indent=1))
+        with self._io(f"write {CRITIC_REPORT}"):
+            (self.out / CRITIC_REPORT).write_text(json.dumps({"step": self.step, **report}, indent=1))
 
     def _evaluate_and_log(self, window: list[dict], bar) -> dict:
         t0 = time.perf_counter()
@@ -396,7 +532,8 @@ class Trainer:
         record = summarize(window, self.step, self.nan_skips) | last_eval | {
             "eval_seconds": round(time.perf_counter() - t0, 2),
             "total_steps": self.schedule.total_steps, "peak_memory_mb": peak_memory_mb(self.device)}
-        self.log.append(record)
+        with self._io("write metrics.jsonl"):
+            self.log.append(record)
         if "loss" in record:
             bar.set_postfix(loss=f"{record['loss']:.3g}", kl=f"{record['kl_total']:.3g}",
                             prior_acc=f"{last_eval['val_prior_acc']:.2f}")
