@@ -10,24 +10,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 
 from gram_pyro.errors import UserError
 
-MAX_SAMPLES = 100_000  # per puzzle; rollouts are chunked, but the answers are kept in memory
-MAX_GENERATE = 1_000_000
+# Upper bounds of the CLI's numbers: beyond them a call would run for days or exhaust memory
+# (answers are kept in memory), and the message names the bound.
+MAX_SAMPLES = 100_000  # `gram sample -n`: trajectories for one puzzle
+MAX_EVAL_SAMPLES = 10_000  # `gram evaluate --samples`: per input, for every input of a split
+MAX_GENERATE = 1_000_000  # `gram generate`: -n x --best-of trajectories in one call
+MAX_STEPS = 1024  # --max-steps: supervision steps of one rollout
+MAX_PARTICLES = 100_000  # `gram loglik --particles`: importance weights are kept in memory
+MAX_COUNT = 10 ** 8  # inputs, optimizer steps and other counts
+MAX_MINUTES = 1e6  # about two years
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def float_in(lo: float, hi: float, low_open: bool = True):
+    """An argparse type: a finite number in (lo, hi] (or [lo, hi] with ``low_open=False``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (low_open and value == lo) or value > hi:
+            low = f"above {lo:g}" if low_open else f"at least {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {low} and at most {hi:g}, got {text!r}")
+        return value
+    return parse
 
 
-def int_at_least(lo: int):
+positive_float = float_in(0, MAX_MINUTES)
+
+
+def int_at_least(lo: int, hi: int = MAX_COUNT):
+    """An argparse type: a whole number in [lo, hi]."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -35,14 +53,34 @@ def int_at_least(lo: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < lo:
             raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        if value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, got {value:,}")
         return value
     return parse
 
 
-def add_task_args(p, required=True):
+seed_type = int_at_least(0, SEED_MAX)
+steps_type = int_at_least(1, MAX_STEPS)
+
+
+def dump_json(obj) -> str:
+    """Strict JSON (``NaN`` and ``Infinity`` are not JSON): non-finite numbers become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
+def add_task_args(p, required=True, seed_default=0):
     p.add_argument("--task", required=required, help="task name, e.g. nqueens-8 (`gram tasks`)")
     p.add_argument("--unconditional", action="store_true", help="the blank-input p(x) form")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="dataset / run seed")
+    p.add_argument("--seed", type=seed_type, default=seed_default,
+                   help=f"dataset / run seed, 0..{SEED_MAX}")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. --data level=medium or --data train_csv=train.csv "
                         "(repeatable; an unknown key lists the task's options)")
@@ -77,37 +115,47 @@ def add_subcommands(sub) -> None:
                     "batch_size is the GLOBAL batch: each process takes batch_size / P examples "
                     "(global batch = per-process batch x P; P must divide it), so a run sees the "
                     "same examples at every step whatever P is. Only rank 0 prints and writes.")
-    add_task_args(p)
+    add_task_args(p, required=False, seed_default=None)
     p.add_argument("--out", required=True, help="run folder (checkpoint, config, metrics)")
-    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    p.add_argument("--steps", type=int_at_least(1))
-    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--preset", choices=["cpu", "paper"], help="default cpu")
+    p.add_argument("--steps", type=int_at_least(1), help="optimizer steps (with --resume: the new "
+                   "total)")
+    p.add_argument("--max-minutes", type=positive_float, help="training-time budget in minutes "
+                   "(with --resume: the new total, counting the minutes already trained)")
     p.add_argument("--deterministic", action="store_true", help="noise off: the TRM-like baseline")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="under torchrun, rank r uses cuda:LOCAL_RANK")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="default cpu; under torchrun, rank r uses cuda:LOCAL_RANK")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: bfloat16 autocast of the networks; the Gaussian heads, decoder, KLs "
                         "and log-probabilities stay float32 (default fp32)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); see gram_pyro/config.py. "
                         "batch_size is the global batch over all torchrun processes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its stored config; --steps, --max-minutes, "
+                        "--on-nan, --device and --set of the budget, logging and critic-fit fields "
+                        "may change, anything else that differs is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the run already in --out (checkpoints, log, snapshots) and start "
+                        "afresh")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="on a non-finite loss or gradient: "
                    "stop with a clear error (default) or skip the batch and count it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="accuracy and coverage of prior rollouts")
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int_at_least(1), default=20)
+    p.add_argument("--samples", type=int_at_least(1, MAX_EVAL_SAMPLES), default=20,
+                   help=f"prior samples per input, at most {MAX_EVAL_SAMPLES:,} (default 20)")
     p.add_argument("--select", choices=["vote", "lprm", "weighted", "smc"], default="lprm",
                    help="the answer --dump records as selected: majority vote, LPRM best-of-N, "
                         "LPRM-weighted vote, or LPRM-guided SMC (the table reports every method, and SMC "
                         "too when it is chosen)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--max-steps", type=int_at_least(1), help="supervision-step budget")
+    p.add_argument("--max-steps", type=steps_type,
+                   help=f"supervision-step budget, at most {MAX_STEPS}")
     add_act(p)
     p.add_argument("--limit", type=int_at_least(1), help="evaluate a seeded random subset of N inputs")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump", metavar="FILE.jsonl")
@@ -115,26 +163,27 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("sample", help="sample answers for one puzzle")
     p.add_argument("run_dir")
     p.add_argument("--puzzle", required=True, help="the puzzle in the task's text format")
-    p.add_argument("-n", type=int_at_least(1), default=20)
-    p.add_argument("--max-steps", type=int_at_least(1))
+    p.add_argument("-n", type=int_at_least(1, MAX_SAMPLES), default=20,
+                   help=f"samples, at most {MAX_SAMPLES:,} (default 20)")
+    p.add_argument("--max-steps", type=steps_type, help=f"at most {MAX_STEPS}")
     add_act(p)
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     add_device(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("generate", help="unconditional samples p(x)")
     p.add_argument("run_dir")
-    p.add_argument("-n", type=int_at_least(1), default=100)
-    p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--max-steps", type=int_at_least(1),
+    p.add_argument("-n", type=int_at_least(1, MAX_GENERATE), default=100)
+    p.add_argument("--seed", type=seed_type, default=0)
+    p.add_argument("--max-steps", type=steps_type,
                    help="supervision steps per board (default: 4 x the trained N_sup, 16 at the cpu "
                         "preset; a 15-minute Shidoku run: 91%% valid at 4, 97%% at 16, each step "
                         "costing as much as the first)")
     add_act(p, default=False)  # measured: ACT cut Shidoku validity from 81.6% to 70.1%
-    p.add_argument("--temperature", type=positive_float, default=1.0,
-                   help="scale of the prior's sigma (default 1: the trained model; below 1 trades "
-                        "diversity for validity)")
-    p.add_argument("--best-of", type=int_at_least(1), default=1, metavar="K",
+    p.add_argument("--temperature", type=float_in(1e-3, 1e3, low_open=False), default=1.0,
+                   help="scale of the prior's sigma, 0.001..1000 (default 1: the trained model; "
+                        "below 1 trades diversity for validity)")
+    p.add_argument("--best-of", type=int_at_least(1, 10_000), default=1, metavar="K",
                    help="sample K trajectories per board and let the LPRM choose one (--pick); K "
                         "times the compute, and the exact checker plays no part (default 1: at 16 "
                         "steps, K=4 measured 97.6%% valid against 97.3%%, not worth 4x)")
@@ -159,29 +208,31 @@ def add_subcommands(sub) -> None:
                    "or 600)")
     p.add_argument("--inputs", type=int_at_least(2), help="training inputs to roll out "
                    "(default: the config's critic_fit_inputs)")
-    p.add_argument("--trajectories", type=int_at_least(1), help="prior trajectories per input")
+    p.add_argument("--trajectories", type=int_at_least(1, 10_000),
+                   help="prior trajectories per input")
     p.add_argument("--minutes", type=positive_float, help="bound on the whole fit; half of it at "
                    "most for the rollouts")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("loglik", help="ELBO and importance-weighted log-likelihood")
     p.add_argument("run_dir")
-    p.add_argument("--particles", type=int_at_least(1), default=100)
+    p.add_argument("--particles", type=int_at_least(1, MAX_PARTICLES), default=100,
+                   help=f"importance samples per example, at most {MAX_PARTICLES:,} (default 100)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--limit", type=int_at_least(1), default=50,
                    help="a seeded random subset of N (input, answer) pairs (default 50)")
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     add_device(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="the README's embedded default: GRAM vs the baseline on "
                                     "N-Queens 8x8, trained and evaluated on CPU")
     p.add_argument("--out", default="runs/demo", help="folder for the two runs")
-    p.add_argument("--minutes", type=float, default=3.0, help="training minutes per model")
-    p.add_argument("--samples", type=int_at_least(1), default=20)
+    p.add_argument("--minutes", type=positive_float, default=3.0, help="training minutes per model")
+    p.add_argument("--samples", type=int_at_least(1, MAX_EVAL_SAMPLES), default=20)
     p.add_argument("--limit", type=int_at_least(1), default=300,
                    help="held-out inputs to evaluate, a seeded random subset (default 300 of 772)")
 
@@ -204,7 +255,7 @@ def cmd_tasks(args) -> None:
         t = get_task(name)
         rows.append(t.describe())
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(dump_json(rows))
         return
     print(f"{'task':<12} {'seq_len':>7} {'in_vocab':>8} {'answer_len':>10} {'answer_vocab':>12}")
     for r in rows:
@@ -220,7 +271,7 @@ def cmd_data(args) -> None:
     data = task.build(seed=args.seed, progress=True, **data_options(args.data))
     report = {"task": task.describe(), "stats": data.stats(), "meta": data.meta}
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(dump_json(report))
         return
     print_data_stats(task, data)
 
@@ -247,16 +298,39 @@ def print_data_stats(task, data) -> None:
                   f"{nodes.get('median', 0):.0f}, max {nodes.get('max', 0):.0f}")
 
 
+def train_changes(args) -> dict:
+    """The config fields a ``gram train --resume`` call asks for explicitly (flags left out
+    are not changes)."""
+    from gram_pyro.config import parse_overrides
+
+    asked = {"task": args.task, "seed": args.seed, "steps": args.steps,
+             "max_minutes": args.max_minutes, "on_nan": args.on_nan, "device": args.device,
+             "precision": args.precision, "deterministic": args.deterministic or None,
+             "unconditional": args.unconditional or None,
+             "data_options": data_options(args.data) or None}
+    if args.preset is not None:
+        raise UserError("--preset cannot be given with --resume: the run keeps the config it was "
+                        "started with")
+    return {k: v for k, v in asked.items() if v is not None} | parse_overrides(args.set)
+
+
 def cmd_train(args) -> dict:
     from gram_pyro.config import make_config
     from gram_pyro.train import Trainer
 
-    cfg = make_config(args.preset, args.set, task=args.task, unconditional=args.unconditional or None,
-                      data_options=data_options(args.data) or None,
-                      seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
-                      deterministic=args.deterministic or None, device=args.device,
-                      on_nan=args.on_nan, precision=args.precision)
-    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if args.resume:
+        trainer = Trainer(None, args.out, resume=True, progress=not args.quiet,
+                          changes=train_changes(args))
+    else:
+        if not args.task:
+            raise UserError("the following arguments are required: --task (or pass --resume)")
+        cfg = make_config(args.preset or "cpu", args.set, task=args.task,
+                          unconditional=args.unconditional or None,
+                          data_options=data_options(args.data) or None,
+                          seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
+                          deterministic=args.deterministic or None, device=args.device,
+                          on_nan=args.on_nan, precision=args.precision)
+        trainer = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     main = trainer.group.main  # under torchrun only rank 0 speaks
     if main:
         kind = "deterministic baseline" if trainer.cfg.deterministic else \
@@ -265,13 +339,23 @@ def cmd_train(args) -> dict:
         world = trainer.group.world_size
         ranks = f", {world} processes x {trainer.cfg.batch_size // world} examples per batch" \
             if world > 1 else ""
+        resumed = f", resumed at step {trainer.step}" if args.resume else ""
         print(f"training {kind} on {trainer.cfg.task}: {n_params / 1e6:.2f}M parameters, "
-              f"{len(trainer.x_train)} training pairs{ranks} -> {args.out}")
-    result = trainer.fit()  # leaves the process group at the end
+              f"{len(trainer.x_train)} training pairs{ranks}{resumed} -> {args.out}")
+    result = trainer.fit()  # leaves the process group and releases the folder at the end
     if main:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in result.items()))
     return result
+
+
+def save_plots_or_note(save, folder) -> tuple[list, str | None]:
+    """Run ``save()`` (which writes plots into ``folder``); a folder that cannot be written
+    skips the plots with a note instead of failing the command."""
+    try:
+        return [str(path) for path in save()], None
+    except OSError as e:
+        return [], f"plots skipped: cannot write to {str(folder)!r} ({e.strerror or e})"
 
 
 def cmd_evaluate(args) -> dict:
@@ -283,21 +367,22 @@ def cmd_evaluate(args) -> dict:
         device=args.device)
     if args.dump:
         write_dump(args.dump, task, part, traj, chosen)
-    report["plots"] = [str(p) for p in save_plots(args.run_dir, report, traj, part, task)]
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    report["plots"], note = save_plots_or_note(
+        lambda: save_plots(args.run_dir, report, traj, part, task), args.run_dir)
+    print(dump_json(report) if args.json else format_report(report))
     if not args.json:
-        print("  plots: " + ", ".join(report["plots"]))
+        print("  " + (note or "plots: " + ", ".join(report["plots"])))
+    elif note:
+        print(f"gram: note: {note}", file=sys.stderr)
     return report
 
 
 def cmd_sample(args) -> dict:
     from gram_pyro.evaluate import format_samples, sample_puzzle
 
-    if args.n > MAX_SAMPLES:
-        raise UserError(f"-n {args.n} is more than {MAX_SAMPLES} samples for one puzzle")
     report = sample_puzzle(args.run_dir, args.puzzle, args.n, seed=args.seed,
                            max_steps=args.max_steps, act=args.act, device=args.device)
-    print(json.dumps(report, indent=1) if args.json else format_samples(report))
+    print(dump_json(report) if args.json else format_samples(report))
     return report
 
 
@@ -326,7 +411,9 @@ def cmd_generate(args) -> dict:
             raise UserError(f"cannot write --dump file {args.dump!r}: {e.strerror}") from None
     fig = plots.boards(task, boards[:20], ok=valid[:20], title=f"{task.name}: generated boards "
                        "(red frame = invalid)")
-    report["plot"] = str(plots.save(fig, Path(args.run_dir) / "generated.png"))
+    saved, note = save_plots_or_note(lambda: [plots.save(fig, Path(args.run_dir) / "generated.png")],
+                                     args.run_dir)
+    report["plot"] = saved[0] if saved else None
     if args.puzzles:
         rng = np.random.default_rng(args.seed)
         conditional = get_task(task.name)  # puzzles are inputs of the conditional task
@@ -337,10 +424,10 @@ def cmd_generate(args) -> dict:
                                       "solution": task.format_answer(b),
                                       "givens": int((p > 0).sum())})
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(dump_json(report))
         return report
     print(format_generation(report))
-    print(f"  plot: {report['plot']}")
+    print(f"  {note or 'plot: ' + report['plot']}")
     for item in report.get("puzzles", []):
         print(f"\npuzzle ({item['givens']} givens, unique solution): {item['puzzle']}\n"
               f"solution: {item['solution']}")
@@ -355,18 +442,16 @@ def cmd_fit_critic(args) -> dict:
                        trajectories=args.trajectories, seed=args.seed,
                        seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    print(dump_json(report) if args.json else format_report(report))
     return report
 
 
 def cmd_loglik(args) -> dict:
     from gram_pyro.likelihood import format_loglik, run_loglik
 
-    if args.particles > 100_000:
-        raise UserError("--particles above 100000 is not supported (weights are kept in memory)")
     report = run_loglik(args.run_dir, particles=args.particles, split=args.split,
                         limit=args.limit, seed=args.seed, device=args.device)
-    print(json.dumps(report, indent=1) if args.json else format_loglik(report))
+    print(dump_json(report) if args.json else format_loglik(report))
     return report
 
 
@@ -375,23 +460,21 @@ def cmd_demo(args) -> None:
     print prior-rollout accuracy and coverage side by side. Existing runs are reused."""
     from pathlib import Path
 
-    from gram_pyro.checkpoint import CHECKPOINT
+    from gram_pyro.checkpoint import CHECKPOINT, PREVIOUS
     from gram_pyro.config import make_config
     from gram_pyro.evaluate import evaluate_run
     from gram_pyro.train import Trainer
 
-    if args.minutes <= 0:
-        raise UserError("--minutes must be positive")
     reports = {}
     for label, deterministic in (("GRAM", False), ("deterministic", True)):
         out = Path(args.out) / ("gram" if not deterministic else "deterministic")
-        if (out / CHECKPOINT).exists():
+        if (out / CHECKPOINT).exists() or (out / PREVIOUS).exists():
             print(f"{label}: reusing the trained run in {out}")
-        else:
+        else:  # nothing loadable: a run stopped before its first checkpoint starts afresh
             print(f"{label}: training for {args.minutes:g} min -> {out}")
             cfg = make_config("cpu", task="nqueens-8", max_minutes=args.minutes,
                               deterministic=deterministic)
-            Trainer(cfg, out).fit()
+            Trainer(cfg, out, overwrite=True).fit()
         reports[label] = evaluate_run(out, samples=args.samples, limit=args.limit)[0]
     n = args.samples
     print(f"\nN-Queens 8x8, test split ({reports['GRAM']['inputs']} held-out inputs, "

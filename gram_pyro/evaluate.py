@@ -44,7 +44,7 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
     data = run_data(task, cfg)
-    part = data.split(split).sample(limit)
+    part = data.split(split, nonempty=True).sample(limit)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
     with torch.no_grad():

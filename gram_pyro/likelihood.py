@@ -113,7 +113,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     token. The LPRM factor is off here (the model runs without ``lprm_guidance``): these bound
     log p(y | x) of the model itself (log p(x) for an unconditional run)."""
     task, cfg, net = load_run(run_dir, device=resolve_device(device))
-    x, y = run_data(task, cfg).split(split).pairs()
+    x, y = run_data(task, cfg).split(split, nonempty=True).pairs()
     if limit and limit < len(x):
         keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
         x, y = x[keep], y[keep]
@@ -124,7 +124,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
                    make_kwargs=lambda: {"shared": SharedRecursion()})
     n = len(x)
     tokens = task.answer_len
-    sem = lambda v: float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
+    sem = lambda v: float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else None  # noqa: E731
     table = []
     for k in (1, 10, 100, 1000, 10_000):
         if k <= particles:
@@ -147,18 +147,23 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     }
 
 
+def _pm(se) -> str:
+    """``± se``, or ``± n/a`` for one example (no standard error over examples)."""
+    return f"± {se:.3f}" if se is not None else "± n/a"
+
+
 def format_loglik(r: dict) -> str:
     q = r["quantity"]
     lines = [f"{r['model']} on {r['task']}: {q} on {r['examples']} {r['split']} examples, "
              f"K = {r['particles']} guide particles each",
-             f"  ELBO            {r['elbo_nats']:9.3f} ± {r['elbo_sem']:.3f} nats/example  "
+             f"  ELBO            {r['elbo_nats']:9.3f} {_pm(r['elbo_sem'])} nats/example  "
              f"({r['elbo_bits_per_token']:.4f} bits/token)",
-             f"  IWAE_{r['particles']:<9} {r['iwae_nats']:9.3f} ± {r['iwae_sem']:.3f} nats/example  "
+             f"  IWAE_{r['particles']:<9} {r['iwae_nats']:9.3f} {_pm(r['iwae_sem'])} nats/example  "
              f"({r['iwae_bits_per_token']:.4f} bits/token); per-example MC s.e. "
              f"{r['iwae_mc_se_mean']:.3f}, mean ESS {r['ess_mean']:.1f}",
              "  k        IWAE_k (nats)   bits/token"]
     for row in r["iwae_by_k"]:
-        lines.append(f"  {row['k']:<8} {row['iwae_nats']:9.3f} ± {row['sem']:.3f}  {row['bits_per_token']:.4f}")
+        lines.append(f"  {row['k']:<8} {row['iwae_nats']:9.3f} {_pm(row['sem'])}  {row['bits_per_token']:.4f}")
     lines.append("  (± is the standard error of the mean over examples; LPRM guidance is "
                  "off, so these bound the model's own likelihood)")
     return "\n".join(lines)
