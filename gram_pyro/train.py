@@ -134,6 +134,8 @@ class Trainer:
         self.group = group or Group.from_environment()
         self.progress = progress and self.group.main
         self.lock = RunLock(self.out, "gram train --resume" if resume else "gram train")
+        if cfg is not None and not resume:  # a config that cannot run leaves no folder behind
+            check_batch(cfg.batch_size, self.group.world_size)
         if self.group.main:
             self.lock.acquire()  # one writer per run folder, held until close()
         try:

@@ -199,7 +199,7 @@ def test_torchrun_cli_trains_data_parallel_and_only_rank_0_writes(tmp_path):
     assert "2 processes x 8 examples per batch" in r.stdout
     assert r.stdout.count("step=4") == 1, r.stdout
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
-        ["checkpoint.pt", "config.json", "critic.json", "metrics.jsonl"]
+        [".lock", "checkpoint.pt", "config.json", "critic.json", "metrics.jsonl"]  # rank 0's lock
     ckpt = load_checkpoint(tmp_path / "ddp")
     assert ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2
     assert ckpt["sampler"] == {"epoch": 0, "cursor": 32}  # 2 batches of 16

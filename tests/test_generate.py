@@ -72,7 +72,7 @@ def test_generate_cli_on_a_tiny_unconditional_run(tmp_path):
     r = subprocess.run([*base, "generate", str(run), "--pick", "first"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([*base, "generate", str(run), "--temperature", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "positive" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "at least 0.001" in r.stderr and "Traceback" not in r.stderr
     # a conditional run is refused with one line
     r = subprocess.run([*base, "generate", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and "does not exist" in r.stderr

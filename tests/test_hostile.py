@@ -42,14 +42,15 @@ def kind_of(f) -> type:
 
 
 def refused(capsys, argv, fragment=""):
-    """``gram argv`` ends in exit 2 with one line ``gram: error: ...`` containing ``fragment``."""
+    """``gram argv`` ends in exit 2 with one line ``gram: error: ...`` containing ``fragment``,
+    and no traceback (progress bars and warnings may come before it)."""
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, (argv, code, err)
-    lines = [line for line in err.splitlines() if not line.startswith("gram: warning:")]
-    assert len(lines) == 1 and lines[0].startswith("gram: error:"), err
-    assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+    errors = [line for line in err.splitlines() if line.startswith("gram: error:")]
+    assert len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, err
+    assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
 
 
 # -- A. config values: generated from the dataclass ---------------------------------------------
@@ -379,7 +380,7 @@ def test_atomic_save_keeps_the_previous_file_and_never_removes_the_current(tmp_p
     atomic_save({"v": 1}, path)
     atomic_save({"v": 2}, path)
     assert torch.load(path)["v"] == 2 and torch.load(tmp_path / PREVIOUS)["v"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, PREVIOUS]
+    assert {p.name for p in tmp_path.iterdir()} == {CHECKPOINT, PREVIOUS}
 
 
 def test_overwrite_discards_the_old_run(tmp_path, capsys):
