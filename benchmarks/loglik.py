@@ -1,58 +1,213 @@
-"""Log-likelihood table of a trained run: ELBO and IWAE_k against k (docs/design.md §6).
+"""Log-likelihood a user can trust: IWAE_k against k, the SMC estimate and the PSIS k-hat,
+with the training guide and after `gram fit-guide` (docs/design.md §6).
 
-    python benchmarks/loglik.py --run runs/nq8 --particles 1000 --limit 100
+    python benchmarks/loglik.py --run runs/nq8 --tag nqueens-8
+    python benchmarks/loglik.py --run runs/sud4u --tag sudoku-4-unconditional --guide-minutes 4
     python benchmarks/loglik.py --quick            # trains a tiny run first
 
-IWAE_k is a lower bound on log p(y | x) that tightens as k grows; the ELBO is at most IWAE_1 in
-expectation. Goal: the table is monotone in k (within standard errors) and IWAE_k >= ELBO.
+The run is copied to a temporary folder, so the guide fit does not touch it. On ``--limit``
+test pairs (a seeded subset) the script estimates, with the training guide and then with the
+fitted one: the full ELBO, IWAE_k for k = 1, 10, 100 ... up to ``--particles``, the SMC
+estimate with as many particles, and the k-hat of every pair's weights, with the seconds each
+took; then IWAE_k at ``--big-particles`` on the first ``--big-limit`` pairs. It checks that the
+prior rollouts are the same with and without the fitted guide, and that on the linear-Gaussian
+model (exact likelihood known) IWAE and SMC agree with the exact value.
+
+Goals (issue #20, after the fit): ELBO within 3 nats of IWAE_1000 on average; IWAE_1000 -
+IWAE_100 < 0.2 nats; k-hat <= 0.7 on at least 90% of pairs; SMC and IWAE within their error bars.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import result_line, write_section  # noqa: E402
+from _report import ROOT, result_line, write_section  # noqa: E402
 from _runs import tiny_run  # noqa: E402
-from gram_pyro.likelihood import format_loglik, run_loglik  # noqa: E402
+from gram_pyro.likelihood import run_loglik  # noqa: E402
+
+
+def linear_gaussian_check(particles: int) -> tuple[str, bool]:
+    """IWAE and SMC against the exact Kalman likelihood on 16 examples."""
+    import pyro
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from gram_pyro.likelihood import estimate, smc_log_likelihood
+    from tests.linear_gaussian import LinearGaussian
+
+    lg = LinearGaussian(steps=1, n_supervision=4, guide_gain=0.3, guide_scale=0.5)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g)
+    exact = lg.exact_log_likelihood(x, y).numpy()
+    pyro.set_rng_seed(0)
+    iwae = estimate(lg.model, lg.guide, x, y, particles).iwae
+    smc, _ = smc_log_likelihood(lg.model, lg.guide, x, y, particles, n_steps=4)
+    se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v)))  # noqa: E731
+    ok = abs(float(np.mean(smc - exact))) <= 2 * se(smc - exact) + 0.02 and \
+        abs(float(np.mean(iwae - exact))) <= 2 * se(iwae - exact) + 0.02
+    text = (f"Linear-Gaussian check (4 supervision steps of 1 transition, exact log p(y | x) by "
+            f"Kalman; 16 examples, K = {particles}): exact {exact.mean():.4f}, IWAE "
+            f"{iwae.mean():.4f} (IWAE - exact {np.mean(iwae - exact):+.4f} ± {se(iwae - exact):.4f}), "
+            f"SMC {smc.mean():.4f} (SMC - exact {np.mean(smc - exact):+.4f} ± {se(smc - exact):.4f}) "
+            f"nats per example.")
+    return text, ok
+
+
+def prior_rollouts_unchanged(run: Path, inputs: int = 64) -> bool:
+    import pyro
+
+    from gram_pyro.build import programs, run_data
+    from gram_pyro.checkpoint import load_run
+    from gram_pyro.inference import prior_rollouts
+
+    answers = []
+    for guide_fit in (False, True):
+        task, cfg, net = load_run(run, guide_fit=guide_fit)
+        model, _ = programs(net, cfg)
+        pyro.set_rng_seed(0)
+        answers.append(prior_rollouts(model, run_data(task, cfg).test.inputs[:inputs], 8).answers)
+    return bool(np.array_equal(*answers))
+
+
+def row(label: str, r: dict, big: dict | None) -> str:
+    by_k = {t["k"]: t for t in r["iwae_by_k"]}
+    cells = [f"{by_k[k]['iwae_nats']:.3f} ± {by_k[k]['sem']:.3f}" if k in by_k else "" for k in
+             (1, 10, 100, 1000)]
+    big_cell = f"{big['iwae_nats']:.3f} ({big['examples']} pairs)" if big else ""
+    smc = f"{r['smc_nats']:.3f} ± {r['smc_sem']:.3f}" if "smc_nats" in r else ""
+    k = f"{r['khat_median']:.2f} / {100 * r['khat_share_reliable']:.0f}%" \
+        if r["khat_median"] is not None else ""
+    return (f"| {label} | {r['elbo_nats']:.3f} ± {r['elbo_sem']:.3f} | " + " | ".join(cells)
+            + f" | {big_cell} | {smc} | {k} | {r['iwae_seconds']:.0f} + {r.get('smc_seconds', 0):.0f} |")
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gram_pyro import plots
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for (label, r), color in zip(results.items(), ("tab:blue", "tab:orange")):
+        ks = [t["k"] for t in r["iwae_by_k"]]
+        axes[0].errorbar(ks, [t["iwae_nats"] for t in r["iwae_by_k"]],
+                         yerr=[t["sem"] for t in r["iwae_by_k"]], marker="o", color=color,
+                         label=f"IWAE_k, {label}", capsize=3)
+        axes[0].axhline(r["elbo_nats"], color=color, ls=":", label=f"ELBO, {label}")
+        if "smc_nats" in r:
+            axes[0].errorbar([ks[-1] * 1.3], [r["smc_nats"]], yerr=[r["smc_sem"]], marker="s",
+                             color=color, ls="none", label=f"SMC, K = {ks[-1]}, {label}", capsize=3)
+        khat = np.asarray(r["khat"], dtype=float)
+        khat = khat[~np.isnan(khat)]
+        if len(khat):
+            axes[1].hist(np.clip(khat, -0.5, 2.0), bins=30, alpha=0.6, color=color, label=label)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("particles k")
+    axes[0].set_ylabel("nats per pair")
+    axes[0].legend(fontsize=7)
+    axes[1].axvline(0.7, color="red", ls="--", label="0.7: IS unreliable above")
+    axes[1].set_xlabel("Pareto k-hat per pair (clipped to [-0.5, 2])")
+    axes[1].set_ylabel("pairs")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    plots.save(fig, path)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, help="a trained run folder")
+    p.add_argument("--run", type=Path, help="a trained run folder (left untouched)")
     p.add_argument("--particles", type=int, default=1000)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--big-particles", type=int, default=10_000)
+    p.add_argument("--big-limit", type=int, default=5)
+    p.add_argument("--guide-steps", type=int, default=400)
+    p.add_argument("--guide-minutes", type=float, default=5.0)
+    p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.run = tiny_run()
-        args.particles, args.limit = 100, 10
+        args.particles, args.limit, args.big_particles, args.big_limit = 100, 6, 200, 2
+        args.guide_steps, args.guide_minutes = 10, 1.0
     if args.run is None:
         p.error("--run is required (or --quick)")
-    start = time.perf_counter()
-    r = run_loglik(args.run, particles=args.particles, limit=args.limit)
-    seconds = time.perf_counter() - start
-    text = format_loglik(r)
-    print(text)
-    rows = ["| k | IWAE_k (nats/example) | bits/token |", "|---|---|---|"]
-    rows += [f"| {t['k']} | {t['iwae_nats']:.3f} ± {t['sem']:.3f} | {t['bits_per_token']:.4f} |"
-             for t in r["iwae_by_k"]]
-    body = (f"{r['model']} run `{args.run}` on {r['task']}: {r['quantity']} on {r['examples']} "
-            f"{r['split']} (input, completion) pairs, K = {r['particles']} guide particles "
-            f"({seconds:.0f} s). ± is the standard error over examples; IWAE_k for k < K averages "
-            "the K // k disjoint groups of k particles.\n\n"
-            f"ELBO: {r['elbo_nats']:.3f} ± {r['elbo_sem']:.3f} nats/example "
-            f"({r['elbo_bits_per_token']:.4f} bits/token); mean ESS of the K weights: "
-            f"{r['ess_mean']:.1f}.\n\n" + "\n".join(rows))
-    write_section("loglik", "Log-likelihood: ELBO and IWAE_k", body, quick=args.quick)
-    values = [t["iwae_nats"] for t in r["iwae_by_k"]]
-    slack = max(t["sem"] for t in r["iwae_by_k"])
-    monotone = all(b >= a - slack for a, b in zip(values, values[1:])) and values[0] >= r["elbo_nats"] - slack
-    print(result_line("iwae_monotone_in_k", float(monotone), "1", monotone))
+    from gram_pyro.guide_fit import refit_run
+
+    work = Path(tempfile.mkdtemp(prefix="gram-loglik-")) / "run"
+    shutil.copytree(args.run, work, ignore=shutil.ignore_patterns("snapshots", ".lock", "*.png"))
+    results, big = {}, {}
+    for label in ("training guide", "fitted guide"):
+        if label == "fitted guide":
+            start = time.perf_counter()
+            fit = refit_run(work, steps=args.guide_steps, seconds=args.guide_minutes * 60,
+                            progress=True)
+            fit_seconds = time.perf_counter() - start
+            print(f"guide fit: {fit['steps']} steps in {fit_seconds:.0f} s, held-out ELBO "
+                  f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f}", flush=True)
+        results[label] = run_loglik(work, particles=args.particles, limit=args.limit, smc=True)
+        big[label] = run_loglik(work, particles=args.big_particles, limit=args.big_limit, smc=False) \
+            if args.big_particles > args.particles else None
+        print(label, {k: results[label][k] for k in ("elbo_nats", "iwae_nats", "smc_nats",
+                                                     "khat_median")}, flush=True)
+    same = prior_rollouts_unchanged(work)
+    lg_text, lg_ok = linear_gaussian_check(args.particles)
+    r0 = results["training guide"]
+    ks = [t["k"] for t in r0["iwae_by_k"]]
+    header = ("| guide | ELBO | " + " | ".join(f"IWAE_{k}" for k in (1, 10, 100, 1000))
+              + f" | IWAE_{args.big_particles} | SMC, K = {args.particles} | k-hat median / "
+              "share <= 0.7 | seconds (IWAE + SMC) |")
+    lines = [header, "|---|" + "---|" * 9] + [row(label, r, big[label]) for label, r in results.items()]
+    after = results["fitted guide"]
+    by_k = {t["k"]: t["iwae_nats"] for t in after["iwae_by_k"]}
+    top = max(ks)
+    gap = by_k[top] - after["elbo_nats"]
+    creep = by_k[top] - by_k.get(top // 10, by_k[top])
+    smc_ok = abs(after["smc_minus_iwae"]) <= 2 * (after["smc_minus_iwae_sem"] or 0) + 1e-9
+    goals = [("elbo_gap", gap, "< 3", gap < 3),
+             ("iwae_top_minus_tenth", creep, "< 0.2", creep < 0.2),
+             ("khat_share_reliable", after["khat_share_reliable"], ">= 0.9",
+              after["khat_share_reliable"] >= 0.9),
+             ("smc_iwae_agree", float(smc_ok), "1", smc_ok),
+             ("prior_rollouts_unchanged", float(same), "1", same),
+             ("linear_gaussian_exact", float(lg_ok), "1", lg_ok)]
+    body = (f"{r0['model']} run `{args.run}` on {r0['task']}: {r0['quantity']} on {r0['examples']} "
+            f"{r0['split']} (input, completion) pairs (seeded subset), K = {args.particles} guide "
+            f"particles; IWAE_{args.big_particles} on the first {args.big_limit} of them. "
+            f"The fitted guide: `gram fit-guide` ({fit['steps']} steps, {fit_seconds:.0f} s; held-out "
+            f"full ELBO {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair). "
+            "± is the standard error over pairs; IWAE_k for k < K averages the K // k disjoint "
+            "groups of k particles; SMC resamples over the supervision steps with the guide as "
+            "proposal (`gram_pyro.likelihood.smc_log_likelihood`); k-hat is the Pareto tail index "
+            "of each pair's K weights (PSIS; above 0.7 the IS estimate is unreliable).\n\n"
+            + "\n".join(lines)
+            + f"\n\nAfter the fit: ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
+            f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "
+            f"{100 * after['khat_share_reliable']:.0f}% of pairs (goal >= 90%), SMC - IWAE "
+            f"{after['smc_minus_iwae']:.3f} ± {after['smc_minus_iwae_sem'] or 0:.3f}. Prior rollouts "
+            f"with and without the fitted guide: {'identical' if same else 'DIFFERENT'}.\n\n"
+            + lg_text)
+    figure = ROOT / "docs" / "figures" / f"loglik{'_' + args.tag if args.tag else ''}.png"
+    if not args.quick:
+        plot(results, figure, f"{r0['task']}: {r0['quantity']} against particles, before and after "
+                              "the guide fit")
+        body += f"\n\n![IWAE against k and k-hat]({'figures/' + figure.name})"
+    print(body)
+    write_section("loglik", "Log-likelihood: ELBO, IWAE_k, SMC and k-hat", body,
+                  quick=args.quick, tag=args.tag)
+    for name, value, goal, met in goals:
+        print(result_line(name, value, goal, met))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from gram_pyro.tasks import get_task
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 LOCK = ".lock"
-RUN_FILES = (CHECKPOINT, PREVIOUS, "config.json", "metrics.jsonl", "critic.json")
+RUN_FILES = (CHECKPOINT, PREVIOUS, "config.json", "metrics.jsonl", "critic.json", "guide.json")
 
 
 def previous_of(path: Path) -> Path:
@@ -148,9 +148,11 @@ def check_contents(ckpt, path) -> None:
             (kind is float or float(value).is_integer()) and 0 <= value < float("inf")
         if not ok:
             raise UserError(f"{where}: its {key!r} entry is {value!r}, not a {kind.__name__} >= 0")
-    fit = ckpt.get("critic_fit")
-    if fit is not None and not (isinstance(fit, dict) and _is_weights(fit.get("weights"))):
-        raise UserError(f"{where}: its 'critic_fit' entry is not a fitted critic")
+    for key in ("critic_fit", "guide_fit"):
+        fit = ckpt.get(key)
+        if fit is not None and not (isinstance(fit, dict) and _is_weights(fit.get("weights"))
+                                    and isinstance(fit.get("report", "{}"), str)):
+            raise UserError(f"{where}: its {key!r} entry is not a fitted {key.split('_')[0]}")
 
 
 def load_checkpoint(run_dir) -> dict:
@@ -250,9 +252,12 @@ class RunLock:
         self.release()
 
 
-def load_run(run_dir, ema: bool = True, device: str = "cpu"):
+def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = False):
     """``(task, cfg, net)`` of a trained run, with the EMA weights by default, and on top of them
-    the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one."""
+    the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one.
+    With ``guide_fit``, also the guide fitted for likelihood (``guide_fit``,
+    :mod:`gram_pyro.guide_fit`) when there is one; its report is then ``net.guide_fit``. The
+    guide's parameters play no part in prior rollouts, so neither changes what they sample."""
     ckpt = load_checkpoint(run_dir)
     cfg = config_of(ckpt)
     warn_if_config_edited(run_dir, cfg)
@@ -262,15 +267,23 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu"):
     weights = dict(ckpt["ema"] if use_ema else ckpt["model"])
     if use_ema and isinstance(ckpt.get("critic_fit"), dict):
         weights.update(ckpt["critic_fit"]["weights"])
+    fitted_guide = ckpt.get("guide_fit") if guide_fit and use_ema else None
+    if fitted_guide is not None:
+        weights.update(fitted_guide["weights"])
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise UserError(f"the critic fitted in {str(run_dir)!r} has non-finite weights (e.g. {bad[0]}); "
-                        "refit it with `gram fit-critic`")
+        raise UserError(f"the critic or guide fitted in {str(run_dir)!r} has non-finite weights "
+                        f"(e.g. {bad[0]}); refit it with `gram fit-critic` or `gram fit-guide`")
     try:
         net.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
     net.eval()
+    if fitted_guide is not None:
+        try:
+            net.guide_fit = json.loads(fitted_guide.get("report", "{}"))
+        except ValueError:
+            raise UserError(f"the guide fit stored in {str(run_dir)!r} has an unreadable report") from None
     return task, cfg, net
 
 

@@ -14,11 +14,23 @@ trajectories (the network's memory stays bounded); the K log-weights of every ex
 floats, are kept and combined by one log-sum-exp, which is safe in float32 at K = 10,000.
 
 With a blank input (the unconditional model) the same estimates are log p(x).
+
+Two checks on those numbers. The Pareto k-hat of each example's K weights
+(:func:`~gram_pyro.importance.pareto_khat`, PSIS) says whether its IWAE can be trusted (k-hat
+above 0.7: not at any practical K). And a second estimator that does not rest on one proposal:
+sequential Monte Carlo over the supervision steps (:func:`smc_log_likelihood`), whose particles
+are resampled toward the answer as the trajectory goes, an unbiased estimate of p(y | x) whose
+log is a stochastic lower bound like IWAE's. Where the two agree within their errors, and k-hat
+is small, the figure is the model's likelihood.
+
+The guide used is the training guide, or the one ``gram fit-guide`` fitted for likelihood
+(:mod:`gram_pyro.guide_fit`) when the run has one.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +40,14 @@ import torch
 from gram_pyro.build import programs, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.elbo import GramELBO, guided_traces
-from gram_pyro.importance import ess, log_mean_exp
+from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, ess, log_mean_exp, \
+    pareto_khat
 from gram_pyro.recursion import SharedRecursion
+from gram_pyro.smc import systematic_resample
 
 
 TRAJECTORIES_PER_PASS = 512
+KHAT_CAP = 10.0  # k-hat is reported at most this (it is inf when a single weight dominates)
 
 
 @dataclass
@@ -40,13 +55,18 @@ class Estimate:
     """Per-example figures from K particles, each ``[B]`` numpy: ``iwae`` (IWAE_K in nats),
     ``se`` (its Monte Carlo standard error, delta method on the weights), ``ess`` (effective
     sample size of the K weights), ``elbo`` (mean over particles of the analytic-KL ELBO).
-    ``log_w`` ``[K, B]`` keeps the weights, from which :meth:`iwae_at` gives IWAE_k for k <= K."""
+    ``log_w`` ``[K, B]`` keeps the weights, from which :meth:`iwae_at` gives IWAE_k for k <= K;
+    ``khat`` is their Pareto k-hat (NaN below 50 particles)."""
 
     iwae: np.ndarray
     se: np.ndarray
     ess: np.ndarray
     elbo: np.ndarray
     log_w: torch.Tensor
+
+    @property
+    def khat(self) -> np.ndarray:
+        return pareto_khat(self.log_w).numpy()
 
     @property
     def particles(self) -> int:
@@ -106,13 +126,82 @@ def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
                     elbo.mean(0).cpu().numpy(), lw.cpu())
 
 
+def _gather(t, idx):
+    """``t`` ``[K, B, ...]`` with the particles of each column b re-drawn as ``idx[:, b]``."""
+    if t is None:
+        return None
+    return torch.gather(t, 0, idx.reshape(*idx.shape, *([1] * (t.dim() - 2))).expand_as(t))
+
+
+@torch.no_grad()
+def smc_log_likelihood(model, guide, x, y, num_particles: int, *, n_steps: int,
+                       ess_threshold: float = 0.5, make_kwargs=dict) -> tuple[np.ndarray, int]:
+    """SMC estimate of ``log p(y | x)`` per example ``[B]``, and the number of resampling events.
+
+    The guide proposes one supervision step at a time (its T transitions), for K particles per
+    example; the model replays them. The intermediate target after step n is the joint of the
+    noise so far times the decoder's likelihood of y from the current state,
+    ``gamma_n = p(eps_{1:n} | x) p(y | h_n)``, which the model's own observation of y at the end
+    of every call provides, and the last one is the joint ``p(y, eps | x)``. The incremental
+    weight of step n is ``p(eps_n) / q(eps_n) * p(y | h_n) / p(y | h_{n-1})``; when an example's
+    effective sample size falls below ``ess_threshold * K`` its particles are resampled
+    (systematic) and the mean weight is banked into the estimate,
+    ``log Z = sum over resampling epochs of log mean_k w_k``. The estimate of Z is unbiased for
+    any proposal, so its log is a stochastic lower bound, like IWAE_K; unlike IWAE it spends the
+    particles where the answer is still likely at every step. The model and the guide must take
+    ``steps``, ``state`` and ``num_samples`` and return the state (``.h``, ``.l``) reached."""
+    k, b = num_particles, x.shape[0]
+    log_z = torch.zeros(b, dtype=torch.float64, device=x.device)
+    log_w = torch.zeros(k, b, dtype=torch.float64, device=x.device)
+    prev_lik = torch.zeros(k, b, dtype=torch.float64, device=x.device)
+    state, resampled = None, 0
+    for n in range(n_steps):
+        model_trace, guide_trace = guided_traces(model, guide, x, y, steps=[n], state=state,
+                                                 num_samples=k, **make_kwargs())
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        lik = model_trace.nodes["y"]["log_prob"].expand(k, b).double()
+        step_w = sum((site["log_prob"] - guide_trace.nodes[name]["log_prob"]).expand(k, b).double()
+                     for name, site in model_trace.nodes.items()
+                     if site["type"] == "sample" and not site["is_observed"])
+        log_w = log_w + step_w + lik - prev_lik
+        out = model_trace.nodes["_RETURN"]["value"]
+        state, prev_lik = (out.h, out.l), lik
+        if n < n_steps - 1:
+            low = ess(log_w) < ess_threshold * k
+            if bool(low.any()):
+                log_z = log_z + torch.where(low, log_mean_exp(log_w), torch.zeros_like(log_z))
+                keep = torch.arange(k, device=x.device)[:, None].expand(k, b)
+                idx = torch.where(low[None, :], systematic_resample(log_w.float()), keep)
+                state = tuple(_gather(t, idx) for t in state)
+                prev_lik = _gather(prev_lik, idx)
+                log_w = torch.where(low[None, :], torch.zeros_like(log_w), log_w)
+                resampled += int(low.sum())
+    return (log_z + log_mean_exp(log_w)).float().cpu().numpy(), resampled
+
+
+def smc_estimate(model, guide, x, y, num_particles: int, *, n_steps: int, chunk: int | None = None,
+                 make_kwargs=dict) -> tuple[np.ndarray, int]:
+    """:func:`smc_log_likelihood` over examples in passes of about 512 trajectories."""
+    per = max(1, (chunk or TRAJECTORIES_PER_PASS) // num_particles)
+    parts = [smc_log_likelihood(model, guide, x[i:i + per], y[i:i + per], num_particles,
+                                n_steps=n_steps, make_kwargs=make_kwargs)
+             for i in range(0, x.shape[0], per)]
+    return np.concatenate([p[0] for p in parts]), sum(p[1] for p in parts)
+
+
 def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 50,
-               chunk: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
-    """``gram loglik``: the full ELBO and IWAE_k (k = 1, 10, 100, 1000 up to ``particles``) of
-    a run on the (input, completion) pairs of a split, in nats per example and bits per answer
-    token. The LPRM factor is off here (the model runs without ``lprm_guidance``): these bound
-    log p(y | x) of the model itself (log p(x) for an unconditional run)."""
-    task, cfg, net = load_run(run_dir, device=resolve_device(device))
+               chunk: int | None = None, seed: int = 0, device: str = "cpu",
+               fitted_guide: bool = True, smc: bool = True) -> dict:
+    """``gram loglik``: the full ELBO, IWAE_k (k = 1, 10, 100, 1000 up to ``particles``), the
+    Pareto k-hat of every example's weights and (``smc``) the SMC estimate with as many particles,
+    of a run on the (input, completion) pairs of a split, in nats per example and bits per answer
+    token. The guide is the one ``gram fit-guide`` fitted when there is one (``fitted_guide``),
+    else the training guide; the report says which. The LPRM factor is off here (the model runs
+    without ``lprm_guidance``): these bound log p(y | x) of the model itself (log p(x) for an
+    unconditional run)."""
+    task, cfg, net = load_run(run_dir, device=resolve_device(device), guide_fit=fitted_guide)
+    fit = getattr(net, "guide_fit", None)
     x, y = run_data(task, cfg).split(split, nonempty=True).pairs()
     if limit and limit < len(x):
         keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
@@ -120,8 +209,10 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     model, guide = programs(net, cfg)
     pyro.set_rng_seed(seed)
     x, y = (torch.as_tensor(a, device=model.device) for a in (x, y))
-    est = estimate(model, guide, x, y, particles, chunk=chunk,
-                   make_kwargs=lambda: {"shared": SharedRecursion()})
+    shared = lambda: {"shared": SharedRecursion()}  # noqa: E731
+    start = time.perf_counter()
+    est = estimate(model, guide, x, y, particles, chunk=chunk, make_kwargs=shared)
+    iwae_seconds = time.perf_counter() - start
     n = len(x)
     tokens = task.answer_len
     sem = lambda v: float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else None  # noqa: E731
@@ -131,11 +222,17 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
             v = est.iwae_at(k)
             table.append({"k": k, "iwae_nats": float(v.mean()), "sem": sem(v),
                           "bits_per_token": float(-v.mean() / tokens / math.log(2))})
-    return {
+    khat = np.minimum(est.khat, KHAT_CAP)  # inf (one weight dominates) is reported as the cap
+    measured = khat[~np.isnan(khat)]  # NaN below KHAT_MIN_PARTICLES particles
+    report = {
         "task": task.name, "unconditional": task.unconditional, "split": split, "examples": n,
         "particles": particles,
         "quantity": "log p(x)" if task.unconditional else "log p(y | x)",
         "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+        "guide": (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps, held-out ELBO "
+                  f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
+                 "the training guide" + ("" if cfg.deterministic else
+                                         " (`gram fit-guide RUN` fits one for likelihood)"),
         "elbo_nats": float(est.elbo.mean()), "elbo_sem": sem(est.elbo),
         "iwae_nats": float(est.iwae.mean()), "iwae_sem": sem(est.iwae),
         "iwae_mc_se_mean": float(np.mean(est.se)),
@@ -143,8 +240,23 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "elbo_bits_per_token": float(-est.elbo.mean() / tokens / math.log(2)),
         "iwae_bits_per_token": float(-est.iwae.mean() / tokens / math.log(2)),
         "iwae_by_k": table,
+        "iwae_seconds": iwae_seconds,
+        "khat": [float(v) for v in khat],
+        "khat_median": float(np.median(measured)) if len(measured) else None,
+        "khat_unreliable": [int(i) for i in np.flatnonzero(khat > KHAT_RELIABLE)],
+        "khat_share_reliable": float(np.mean(measured <= KHAT_RELIABLE)) if len(measured) else None,
         "lprm_factor": "off (the bounds are on the model without LPRM guidance)",
     }
+    if smc:
+        start = time.perf_counter()
+        pyro.set_rng_seed(seed + 1)
+        v, resampled = smc_estimate(model, guide, x, y, particles, n_steps=cfg.n_supervision,
+                                    chunk=chunk, make_kwargs=shared)
+        report.update(smc_nats=float(v.mean()), smc_sem=sem(v), smc_resampling_events=resampled,
+                      smc_seconds=time.perf_counter() - start,
+                      smc_minus_iwae=float(np.mean(v - est.iwae)),
+                      smc_minus_iwae_sem=sem(v - est.iwae))
+    return report
 
 
 def _pm(se) -> str:
@@ -164,6 +276,20 @@ def format_loglik(r: dict) -> str:
              "  k        IWAE_k (nats)   bits/token"]
     for row in r["iwae_by_k"]:
         lines.append(f"  {row['k']:<8} {row['iwae_nats']:9.3f} {_pm(row['sem'])}  {row['bits_per_token']:.4f}")
+    if "smc_nats" in r:
+        lines.append(f"  SMC, K = {r['particles']:<5} {r['smc_nats']:9.3f} {_pm(r['smc_sem'])} "
+                     f"nats/example ({r['smc_resampling_events']} resampling events); SMC - IWAE "
+                     f"= {r['smc_minus_iwae']:.3f} {_pm(r['smc_minus_iwae_sem'])}")
+    if r["khat_median"] is None:
+        lines.append(f"  Pareto k-hat: needs K >= {KHAT_MIN_PARTICLES} particles")
+    else:
+        bad = r["khat_unreliable"]
+        lines.append(f"  Pareto k-hat: median {r['khat_median']:.2f}; "
+                     f"{100 * r['khat_share_reliable']:.0f}% of examples <= {KHAT_RELIABLE}"
+                     + (f"; k-hat > {KHAT_RELIABLE} (IWAE unreliable there) on {len(bad)} of "
+                        f"{r['examples']}: examples {', '.join(map(str, bad[:12]))}"
+                        f"{' ...' if len(bad) > 12 else ''}" if bad else ""))
+    lines.append(f"  guide: {r['guide']}")
     lines.append("  (± is the standard error of the mean over examples; LPRM guidance is "
                  "off, so these bound the model's own likelihood)")
     return "\n".join(lines)

@@ -1,17 +1,28 @@
 """Likelihood estimators: exact on a linear-Gaussian trajectory model, ordered in K, agreeing
-with Pyro's own Importance, and stable in float32 at K = 10,000."""
+with Pyro's own Importance, and stable in float32 at K = 10,000; the PSIS k-hat, the SMC
+estimate, and the guide fitted for likelihood."""
 
+import json
 import math
 
 import numpy as np
 import pyro
+import pytest
 import torch
 from pyro.infer import Importance
 
-from gram_pyro.likelihood import estimate, log_weights
+from gram_pyro.build import programs
+from gram_pyro.checkpoint import load_checkpoint, load_run
+from gram_pyro.cli import main
+from gram_pyro.guide_fit import guide_parameters
+from gram_pyro.guide_fit import refit_run as refit_guide
+from gram_pyro.importance import KHAT_RELIABLE, pareto_khat
+from gram_pyro.inference import prior_rollouts
+from gram_pyro.likelihood import estimate, log_weights, smc_log_likelihood
 from gram_pyro.recursion import SharedRecursion
+from gram_pyro.train import Trainer
+from tests.helpers import tiny_config, tiny_programs
 from tests.linear_gaussian import LinearGaussian
-from tests.helpers import tiny_programs
 
 
 def lg_batch(seed=0, b=6):
@@ -74,3 +85,90 @@ def test_deterministic_model_weights_are_exact():
     exact = torch.distributions.Categorical(logits=logits).log_prob(y).sum(-1)
     assert torch.allclose(lw[0], exact, atol=1e-4)
     assert math.isfinite(float(lw.sum()))
+
+
+# -- trustworthy estimates (issue #20): k-hat, SMC, a guide fitted for likelihood ---------------
+
+def test_pareto_khat_recovers_the_tail_index_of_pareto_weights():
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(4000, 2, generator=g)
+    # weights w = U^(-1/alpha) are Pareto with tail index k = 1 / alpha
+    log_w = torch.stack([-u[:, 0].log() / 4.0, -u[:, 1].log() / 0.8], dim=1)
+    k = pareto_khat(log_w).numpy()
+    assert k[0] < 0.5 and abs(k[0] - 0.25) < 0.15, k  # light tail: IS converges
+    assert k[1] > KHAT_RELIABLE and abs(k[1] - 1.25) < 0.3, k  # heavy tail: flagged
+    assert np.isnan(pareto_khat(log_w[:20]).numpy()).all()  # too few weights to fit a tail
+
+
+def test_smc_recovers_the_exact_kalman_likelihood_and_agrees_with_iwae():
+    lg = LinearGaussian(steps=1, n_supervision=4, guide_gain=0.3, guide_scale=0.5)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)
+    exact = lg.exact_log_likelihood(x, y).numpy()
+    pyro.set_rng_seed(0)
+    smc, resampled = smc_log_likelihood(lg.model, lg.guide, x, y, 2000, n_steps=4)
+    iwae = estimate(lg.model, lg.guide, x, y, 2000).iwae
+    assert resampled > 0  # the narrow guide's weights degenerate, so SMC resamples
+    assert np.abs(smc - exact).max() < 0.1 and abs(float(np.mean(smc - exact))) < 0.03, (smc, exact)
+    assert np.abs(smc - iwae).max() < 0.15, (smc, iwae)
+
+
+def test_smc_of_a_deterministic_model_is_its_exact_likelihood():
+    task, cfg, net, model, guide = tiny_programs(deterministic=True)
+    x, y = task.build(seed=0).test.pairs()
+    x, y = torch.as_tensor(x[:3]), torch.as_tensor(y[:3])
+    smc, _ = smc_log_likelihood(model, guide, x, y, 4, n_steps=cfg.n_supervision,
+                                make_kwargs=lambda: {"shared": SharedRecursion()})
+    lw, _ = log_weights(model, guide, x, y, 1)
+    assert np.allclose(smc, lw[0].numpy(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ll") / "run"
+    Trainer(tiny_config(extra=["steps=8", "critic_fit_steps=0"]), out, progress=False).fit()
+    return out
+
+
+def test_fit_guide_improves_the_heldout_elbo_and_leaves_the_model_alone(trained):
+    before = load_checkpoint(trained)
+    report = refit_guide(trained, steps=40, batch_size=16, lr=3e-3)
+    after = load_checkpoint(trained)
+    assert report["heldout_after"] > report["heldout_before"]
+    for key in ("model", "ema"):  # the training state is untouched
+        assert all(torch.equal(before[key][k], after[key][k]) for k in before[key])
+    assert after["step"] == before["step"] and "guide_fit" in after
+    fitted = after["guide_fit"]["weights"]
+    assert set(fitted) == set(guide_parameters(load_run(trained)[2]))
+    assert any(not torch.equal(fitted[k], before["ema"][k]) for k in fitted)  # it moved
+    # prior rollouts never read the guide's parameters: identical with or without the fit
+    answers = []
+    for guide_fit in (False, True):
+        task, cfg, net = load_run(trained, guide_fit=guide_fit)
+        model, _ = programs(net, cfg)
+        pyro.set_rng_seed(5)
+        traj = prior_rollouts(model, task.build(seed=0).test.inputs[:6], 4)
+        answers.append(traj.answers)
+    assert np.array_equal(answers[0], answers[1])
+
+
+def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
+    refit_guide(trained, steps=5, batch_size=16)
+    assert main(["loglik", str(trained), "--particles", "60", "--limit", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["guide"].startswith("fitted for likelihood")
+    assert len(r["khat"]) == 3 and r["khat_median"] is not None
+    assert set(r["khat_unreliable"]) == {i for i, k in enumerate(r["khat"]) if k > KHAT_RELIABLE}
+    assert math.isfinite(r["smc_nats"]) and r["smc_nats"] <= 0
+    assert main(["loglik", str(trained), "--particles", "8", "--limit", "2", "--guide", "trained",
+                 "--no-smc"]) == 0
+    text = capsys.readouterr().out
+    assert "guide: the training guide" in text and "needs K >= 50" in text and "SMC" not in text
+
+
+def test_fit_guide_refuses_the_deterministic_baseline(tmp_path, capsys):
+    out = tmp_path / "det"
+    Trainer(tiny_config(extra=["steps=2", "critic_fit_steps=0"], deterministic=True), out,
+            progress=False).fit()
+    assert main(["fit-guide", str(out)]) == 2
+    assert "no latent" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 FIGURES = {"01_trajectories": ["01_stock_svi.png", "01_boards_by_step.png", "01_kl_lprm_diversity.png", "01_pca_paths.png"],
-           "02_likelihood": ["02_iwae_vs_k.png", "02_logpx_real_vs_corrupt.png"],
+           "02_likelihood": ["02_iwae_vs_k.png", "02_fitted_guide.png", "02_logpx_real_vs_corrupt.png"],
            "03_generation": ["03_generated_grids.png", "03_coverage_vs_samples.png"]}
 
 
