@@ -100,12 +100,12 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
                 loss = elbo.differentiable_loss(model, guide, bx, by, shared=SharedRecursion()) / len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if not math.isfinite(float(loss)):
+                if not math.isfinite(float(loss.detach())):
                     break  # keep the best finite parameters seen
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
                 bar.update()
-                bar.set_postfix(elbo=f"{-float(loss):.3f}")
+                bar.set_postfix(elbo=f"{-float(loss.detach()):.3f}")
                 last = done == steps or (deadline is not None and time.monotonic() > deadline)
                 if done % eval_every == 0 or last:
                     value = score()

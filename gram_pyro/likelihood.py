@@ -19,8 +19,8 @@ Two checks on those numbers. The Pareto k-hat of each example's K weights
 (:func:`~gram_pyro.importance.pareto_khat`, PSIS) says whether its IWAE can be trusted (k-hat
 above 0.7: not at any practical K). And a second estimator that does not rest on one proposal:
 sequential Monte Carlo over the supervision steps (:func:`smc_log_likelihood`), whose particles
-are resampled toward the answer as the trajectory goes, an unbiased estimate of p(y | x) whose
-log is a stochastic lower bound like IWAE's. Where the two agree within their errors, and k-hat
+are resampled as the trajectory goes, an unbiased estimate of p(y | x) whose log is a
+stochastic lower bound like IWAE's. Where the two agree within their errors, and k-hat
 is small, the figure is the model's likelihood.
 
 The guide used is the training guide, or the one ``gram fit-guide`` fitted for likelihood
@@ -135,21 +135,24 @@ def _gather(t, idx):
 
 @torch.no_grad()
 def smc_log_likelihood(model, guide, x, y, num_particles: int, *, n_steps: int,
-                       ess_threshold: float = 0.5, make_kwargs=dict) -> tuple[np.ndarray, int]:
+                       ess_threshold: float = 0.5, twist: bool = False,
+                       make_kwargs=dict) -> tuple[np.ndarray, int]:
     """SMC estimate of ``log p(y | x)`` per example ``[B]``, and the number of resampling events.
 
     The guide proposes one supervision step at a time (its T transitions), for K particles per
-    example; the model replays them. The intermediate target after step n is the joint of the
-    noise so far times the decoder's likelihood of y from the current state,
-    ``gamma_n = p(eps_{1:n} | x) p(y | h_n)``, which the model's own observation of y at the end
-    of every call provides, and the last one is the joint ``p(y, eps | x)``. The incremental
-    weight of step n is ``p(eps_n) / q(eps_n) * p(y | h_n) / p(y | h_{n-1})``; when an example's
-    effective sample size falls below ``ess_threshold * K`` its particles are resampled
-    (systematic) and the mean weight is banked into the estimate,
-    ``log Z = sum over resampling epochs of log mean_k w_k``. The estimate of Z is unbiased for
-    any proposal, so its log is a stochastic lower bound, like IWAE_K; unlike IWAE it spends the
-    particles where the answer is still likely at every step. The model and the guide must take
-    ``steps``, ``state`` and ``num_samples`` and return the state (``.h``, ``.l``) reached."""
+    example; the model replays them. After step n the particles target ``gamma_n = p(eps_1:n | x)
+    p(y | h_n)^lambda_n`` and the last target is the joint ``p(y, eps | x)``, so the incremental
+    weight of step n is ``p(eps_n) / q(eps_n) * p(y | h_n)^lambda_n / p(y | h_(n-1))^lambda_(n-1)``
+    (the model observes y at the end of every call, which gives ``p(y | h_n)``). By default
+    (``twist=False``) lambda is 0 before the last step: particles are resampled on how well the
+    guide's noise agrees with the prior so far. ``twist=True`` sets every lambda to 1, resampling
+    toward states whose decoder already predicts y; on the linear-Gaussian model, whose
+    intermediate likelihood is overconfident, that was the worse choice (tests/test_likelihood.py).
+    When an example's effective sample size falls below ``ess_threshold * K`` its particles are
+    resampled (systematic) and the mean weight is banked: ``log Z = sum over resampling epochs of
+    log mean_k w_k``. Z is unbiased for p(y | x) whatever the proposal, so log Z is a stochastic
+    lower bound like IWAE_K. The model and the guide must take ``steps``, ``state`` and
+    ``num_samples`` and return the state (``.h``, ``.l``) they reach."""
     k, b = num_particles, x.shape[0]
     log_z = torch.zeros(b, dtype=torch.float64, device=x.device)
     log_w = torch.zeros(k, b, dtype=torch.float64, device=x.device)
@@ -161,6 +164,8 @@ def smc_log_likelihood(model, guide, x, y, num_particles: int, *, n_steps: int,
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
         lik = model_trace.nodes["y"]["log_prob"].expand(k, b).double()
+        if not twist and n < n_steps - 1:
+            lik = torch.zeros_like(lik)
         step_w = sum((site["log_prob"] - guide_trace.nodes[name]["log_prob"]).expand(k, b).double()
                      for name, site in model_trace.nodes.items()
                      if site["type"] == "sample" and not site["is_observed"])
