@@ -40,7 +40,7 @@ def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
     from pyro.ops.stats import fit_generalized_pareto
 
     k_particles = log_w.shape[0]
-    out = torch.full((log_w.shape[1],), float("nan"), dtype=torch.float64)
+    out = torch.full((log_w.shape[1],), float("nan"), dtype=torch.float64, device=log_w.device)
     if k_particles < KHAT_MIN_PARTICLES:
         return out
     tail_size = int(math.ceil(min(0.2 * k_particles, 3.0 * math.sqrt(k_particles))))

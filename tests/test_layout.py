@@ -116,13 +116,15 @@ class OwnFactoriesOnMeta(TorchFunctionMode):
 
 def test_the_whole_pipeline_creates_no_tensor_off_the_data_device(tmp_path):
     """With our own device-less factories on ``meta``, the pipeline still runs on the CPU:
-    training, evaluation with every selection method and ACT, SMC, likelihood, generation and the
-    critic fit make every tensor on the device of the data they work on."""
+    training, evaluation with every selection method and ACT, SMC, likelihood (IWAE, k-hat, SMC),
+    the guide fit, generation and the critic fit make every tensor on the device of the data they
+    work on."""
     from gram_pyro.build import programs, run_data
     from gram_pyro.checkpoint import load_run
     from gram_pyro.critic import refit_run
     from gram_pyro.evaluate import evaluate_run
     from gram_pyro.generate import generate
+    from gram_pyro.guide_fit import refit_run as refit_guide
     from gram_pyro.likelihood import run_loglik
     from gram_pyro.select import METHODS
     from gram_pyro.train import Trainer
@@ -141,8 +143,9 @@ def test_the_whole_pipeline_creates_no_tensor_off_the_data_device(tmp_path):
             report = evaluate_run(runs["cond"], samples=3, limit=4, select_method=method,
                                   max_steps=3, act=method == "vote")
             assert 0 <= report[0]["accuracy"][method] <= 1
-        report = run_loglik(runs["cond"], particles=4, limit=3)
-        assert np.isfinite(report["iwae_nats"])
+        assert refit_guide(runs["cond"], steps=2, batch_size=4)["steps"] == 2
+        report = run_loglik(runs["cond"], particles=50, limit=3)  # k-hat, SMC, the fitted guide
+        assert np.isfinite(report["iwae_nats"]) and np.isfinite(report["smc_nats"])
         report = generate(runs["gen"], 5, best_of=2)[0]
         assert report["samples"] == 5
         assert refit_run(runs["cond"], steps=2, inputs=4, trajectories=2)["steps"] == 2
