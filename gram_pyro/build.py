@@ -41,6 +41,11 @@ def check_precision(precision: str, device: torch.device) -> None:
 def build_net(task, cfg: Config, device="cpu") -> GramNet:
     """The network of a config, initialized on the CPU (from the CPU generator, so a seed gives
     the same weights on every device) and moved to ``device``."""
+    image_shape = None
+    if cfg.stem == "conv":
+        image_shape = getattr(task, "image_shape", None)
+        if image_shape is None:
+            raise UserError(f"stem=conv needs an image task (digits-N), not {task.name}")
     with torch.device("cpu"):
         net = GramNet(seq_len=task.seq_len, input_vocab=task.input_vocab,
                       answer_len=task.answer_len, answer_vocab=task.answer_vocab,
@@ -49,7 +54,7 @@ def build_net(task, cfg: Config, device="cpu") -> GramNet:
                       expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
                       sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
                       critic_layers=cfg.critic_layers,
-                      links=task.links() if cfg.links else None)
+                      links=task.links() if cfg.links else None, image_shape=image_shape)
     return net.to(resolve_device(device))
 
 

@@ -28,7 +28,9 @@ class Config:
         ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``, ``critic_layers`` (blocks of the
         critic that the ACT and LPRM heads read the state through; 0: linear probes), ``links``
         (the encoder also reads the task's structure, :meth:`~gram_pyro.tasks.base.Task.links`:
-        a colouring node its adjacency row, a Sudoku cell its peers; the input is unchanged).
+        a colouring node its adjacency row, a Sudoku cell its peers; the input is unchanged),
+        ``stem`` (how the guide reads an image answer: a per-pixel ``embed`` or the paper's
+        ``conv`` stem, :class:`~gram_pyro.nets.ConvStem`; image tasks only).
     Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup).
     Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
@@ -74,6 +76,7 @@ class Config:
     init_sigma: float = 1.0
     critic_layers: int = 1
     links: bool = True  # the encoder reads the task's structure links (Task.links), if any
+    stem: str = "embed"  # how q reads an image answer: per-pixel "embed" or the paper's "conv"
     # recursion
     k_low: int = 2
     t_high: int = 2
@@ -189,7 +192,7 @@ RANGES = {
 # The text fields with a closed set of values (``task`` and ``device`` have checks of their own).
 CHOICES = {
     "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
-    "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"),
+    "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
 }
 
 
@@ -299,6 +302,11 @@ def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
         key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
             (fields.get("task") or Config.task)
         values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
+    if family == "digits":
+        # any binary image is "correct", so a critic fitted to predict correctness learns nothing
+        values["critic_fit_steps"] = 0
     values.update({k: v for k, v in fields.items() if v is not None})
     values.update(parse_overrides(overrides))
+    if str(values.get("task", Config.task)).split("-")[0] == "digits":
+        values["unconditional"] = True  # an image model has only the p(x) form
     return Config(**values).validate()

@@ -156,6 +156,31 @@ class Encoder(nn.Module):
         return torch.cat([prefix, tokens], dim=-2) + self.pos
 
 
+class ConvStem(nn.Module):
+    """The paper's image stem (docs/design.md §9): 2 x [conv 5x5 -> SiLU -> GroupNorm] over the
+    image, then every pixel's features projected to D. Patches are single pixels, so the sequence
+    keeps one position per pixel and the stem is a drop-in for a per-pixel embedding:
+    ``[..., H*W]`` classes in, ``[..., H*W, D]`` out (classes scaled to [0, 1] intensities)."""
+
+    def __init__(self, shape, vocab: int, d_model: int, channels: int = 32, groups: int = 8):
+        super().__init__()
+        self.shape, self.levels = tuple(shape), max(vocab - 1, 1)
+        layers, width = [], 1
+        for _ in range(2):
+            layers += [nn.Conv2d(width, channels, 5, padding=2), nn.SiLU(),
+                       nn.GroupNorm(groups, channels)]
+            width = channels
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Linear(channels, d_model)
+
+    def forward(self, y):
+        h, w = self.shape
+        batch = y.shape[:-1]
+        image = y.reshape(-1, 1, h, w).to(self.proj.weight.dtype) / self.levels
+        features = self.body(image).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        return self.proj(features).reshape(*batch, h * w, -1)
+
+
 class GaussianHead(nn.Module):
     """Per-token ``(mu, sigma)`` of the guidance noise: one SwiGLU MLP per parameter,
     ``sigma = softplus(raw) + sigma_floor``."""
@@ -188,12 +213,14 @@ class GramNet(nn.Module):
         critic_layers: blocks of the critic the ACT and LPRM heads read through (0: the heads are
             linear probes of token 0 of h itself).
         links: the task's structure links for the encoder (see :class:`Encoder`), or None.
+        image_shape: ``(H, W)`` of an image task whose answer q reads through the convolutional
+            :class:`ConvStem` instead of a per-pixel target embedding (``stem=conv``), or None.
     """
 
     def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
                  d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
                  share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1,
-                 links=None):
+                 links=None, image_shape=None):
         super().__init__()
         self.seq_len, self.n_prefix = seq_len, n_prefix
         self.answer_len, self.answer_vocab = answer_len, answer_vocab
@@ -205,7 +232,12 @@ class GramNet(nn.Module):
                                                                  expansion, block, n_heads)
         self.prior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
         self.posterior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
-        self.target_embed = nn.Embedding(answer_vocab, d_model)
+        if image_shape is None:
+            self.target_embed = nn.Embedding(answer_vocab, d_model)
+        else:
+            if image_shape[0] * image_shape[1] != answer_len:
+                raise ValueError(f"image shape {image_shape} does not hold {answer_len} pixels")
+            self.target_embed = ConvStem(image_shape, answer_vocab, d_model)
         self.decoder = nn.Linear(d_model, answer_vocab)
         self.critic = RecursiveNet(total, d_model, critic_layers, expansion, block, n_heads) \
             if critic_layers else None

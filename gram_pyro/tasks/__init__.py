@@ -16,6 +16,7 @@ _FAMILIES = {
     "nqueens": ("gram_pyro.tasks.nqueens", "NQueens", range(4, 13)),
     "sudoku": ("gram_pyro.tasks.sudoku", "Sudoku", (4, 9)),
     "coloring": ("gram_pyro.tasks.coloring", "Coloring", range(4, 13)),
+    "digits": ("gram_pyro.tasks.digits", "Digits", (8, 14, 28)),  # images; 8 is built in
 }
 
 
