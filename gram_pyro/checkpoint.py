@@ -252,13 +252,15 @@ class RunLock:
         self.release()
 
 
-def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = False):
+def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = False,
+             ckpt: dict | None = None):
     """``(task, cfg, net)`` of a trained run, with the EMA weights by default, and on top of them
     the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one.
     With ``guide_fit``, also the guide fitted for likelihood (``guide_fit``,
     :mod:`gram_pyro.guide_fit`) when there is one; its report is then ``net.guide_fit``. The
-    guide's parameters play no part in prior rollouts, so neither changes what they sample."""
-    ckpt = load_checkpoint(run_dir)
+    guide's parameters play no part in prior rollouts, so neither changes what they sample.
+    ``ckpt``: the run's checkpoint when the caller has already loaded it."""
+    ckpt = load_checkpoint(run_dir) if ckpt is None else ckpt
     cfg = config_of(ckpt)
     warn_if_config_edited(run_dir, cfg)
     task = get_task(cfg.task, unconditional=cfg.unconditional)
@@ -285,6 +287,22 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = F
         except ValueError:
             raise UserError(f"the guide fit stored in {str(run_dir)!r} has an unreadable report") from None
     return task, cfg, net
+
+
+def store_fit(run_dir: Path, ckpt: dict, entry: str, weights: dict, report: dict,
+              report_file: str, what: str) -> None:
+    """Store a fit made on a trained run (the critic's, the likelihood guide's): its weights and
+    report under ``ckpt[entry]`` beside the untouched training state, written atomically, and
+    the report as JSON in ``run_dir/report_file``. The caller holds the run's :class:`RunLock`.
+    ``what`` names the fit in the one-line error a failed write gives."""
+    step = int(ckpt.get("step", 0))
+    ckpt[entry] = {"step": step, "weights": weights, "report": json.dumps(report)}
+    try:
+        atomic_save(ckpt, Path(run_dir) / CHECKPOINT)
+        (Path(run_dir) / report_file).write_text(json.dumps({"step": step, **report}, indent=1))
+    except OSError as e:
+        raise UserError(f"cannot write the fitted {what} to {str(run_dir)!r}: "
+                        f"{e.strerror or e}") from None
 
 
 def check_writable(run_dir: Path) -> None:

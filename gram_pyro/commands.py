@@ -287,7 +287,8 @@ def cmd_tasks(args) -> None:
     for r in rows:
         print(f"{r['name']:<12} {r['seq_len']:>7} {r['input_vocab']:>8} {r['answer_len']:>10} "
               f"{r['answer_vocab']:>12}")
-    print("every task also has an unconditional form (--unconditional): blank input, p(x)")
+    print("every puzzle task also has an unconditional form (--unconditional): blank input, "
+          "p(x); digits-N is p(x) only (built in at N=8, a local MNIST file with --data path=FILE)")
 
 
 def cmd_data(args) -> None:

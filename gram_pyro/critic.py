@@ -23,7 +23,6 @@ coverage figure, is untouched.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from gram_pyro import metrics
 from gram_pyro.build import programs, run_data
-from gram_pyro.checkpoint import CHECKPOINT, RunLock, atomic_save, load_checkpoint, load_run
+from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.errors import UserError
 
 CRITIC_REPORT = "critic.json"
@@ -219,7 +218,7 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-critic"):  # no trainer may write the checkpoint meanwhile
         ckpt = load_checkpoint(run_dir)
-        task, cfg, net = load_run(run_dir, device=device)
+        task, cfg, net = load_run(run_dir, device=device, ckpt=ckpt)
         model, _ = programs(net, cfg)
         steps = (cfg.critic_fit_steps or 600) if steps is None else steps
         report, weights = fit_config_critic(
@@ -228,15 +227,7 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
         if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
             raise UserError("the critic fit diverged (non-finite weights); the checkpoint is "
                             "unchanged (try fewer --steps)")
-        ckpt["critic_fit"] = {"step": int(ckpt.get("step", 0)), "weights": weights,
-                              "report": json.dumps(report)}
-        try:
-            atomic_save(ckpt, run_dir / CHECKPOINT)
-            (run_dir / CRITIC_REPORT).write_text(
-                json.dumps({"step": int(ckpt.get("step", 0)), **report}, indent=1))
-        except OSError as e:
-            raise UserError(f"cannot write the fitted critic to {str(run_dir)!r}: "
-                            f"{e.strerror or e}") from None
+        store_fit(run_dir, ckpt, "critic_fit", weights, report, CRITIC_REPORT, "critic")
     return report
 
 

@@ -79,13 +79,28 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
             boards = traj.answers[np.arange(n), pick(traj.values, pick_rule)]
     seconds = time.perf_counter() - start
     stats = metrics.generation_stats(task, boards)
+    if getattr(task, "image_shape", None):
+        stats.update(image_quality(task, cfg, boards))
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
               **stats, "mean_steps": float(traj.steps.mean()), "max_steps": max_steps,
-              "temperature": temperature,
+              "temperature": temperature, "image": bool(getattr(task, "image_shape", None)),
               "best_of": best_of, "pick": pick_rule if best_of > 1 else None,
               "seconds": seconds,
               "boards_per_second": n / seconds}
     return report, boards, task.is_valid(boards), task
+
+
+def image_quality(task, cfg, images: np.ndarray) -> dict:
+    """The sample-quality metrics of :mod:`gram_pyro.images` for an image run: the classifier's
+    judgement where the training images carry labels, the nearest-training-image distance
+    always."""
+    from gram_pyro.images import QualityJudge, nearest_hamming
+
+    train, labels = task.labelled("train", cfg.data_seed, **cfg.data_options)
+    if labels is None:
+        return {"nn_hamming_mean": float(nearest_hamming(images, train).mean())}
+    test, _ = task.labelled("test", cfg.data_seed, **cfg.data_options)
+    return {"quality": QualityJudge(train, labels, test).report(images)}
 
 
 def givens_of(task, board: np.ndarray) -> np.ndarray:
@@ -116,8 +131,19 @@ def format_generation(r: dict) -> str:
                                         if r.get("temperature", 1.0) != 1.0 else "")
              + (f", LPRM {r['pick']} of {r['best_of']} trajectories per board"
                 if r.get("best_of", 1) > 1 else ""),
+             f"  unique fraction: {100 * r['unique_fraction']:.2f}%" if r.get("image") else
              f"  valid: {100 * r['valid']:.2f}%   unique fraction: {100 * r['unique_fraction']:.2f}%   "
              f"distinct valid boards: {r['distinct_valid']}"]
     if "coverage" in r:
         lines.append(f"  coverage of all {r['space_size']} valid boards: {100 * r['coverage']:.1f}%")
+    if "quality" in r:
+        q = r["quality"]
+        lines.append(f"  image quality (a classifier fitted on the real training images): mean "
+                     f"confidence {q['confidence']:.3f}, predicted-class entropy "
+                     f"{q['class_entropy']:.3f} of {q['max_class_entropy']:.3f} nats, Inception "
+                     f"analogue {q['inception_analogue']:.2f}, Frechet distance to the test images "
+                     f"{q['frechet']:.2f}; nearest training image {q['nn_hamming_mean']:.1f} pixels "
+                     f"away on average ({100 * q['copies']:.1f}% exact copies)")
+    elif "nn_hamming_mean" in r:
+        lines.append(f"  nearest training image {r['nn_hamming_mean']:.1f} pixels away on average")
     return "\n".join(lines)

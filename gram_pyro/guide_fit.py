@@ -18,7 +18,6 @@ rollouts (and every accuracy or coverage figure) are the same before and after.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gram_pyro.build import programs, run_data
-from gram_pyro.checkpoint import CHECKPOINT, RunLock, atomic_save, load_checkpoint, load_run
+from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
 from gram_pyro.recursion import SharedRecursion
@@ -140,7 +139,7 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
         ckpt = load_checkpoint(run_dir)
-        task, cfg, net = load_run(run_dir, device=device, guide_fit=True)
+        task, cfg, net = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt)
         if cfg.deterministic:
             raise UserError(f"{str(run_dir)!r} is the deterministic baseline: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
@@ -150,14 +149,7 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
                            seconds=seconds, seed=seed, progress=progress)
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
-        ckpt["guide_fit"] = {"step": report["step"], "weights": weights,
-                             "report": json.dumps(report)}
-        try:
-            atomic_save(ckpt, run_dir / CHECKPOINT)
-            (run_dir / GUIDE_REPORT).write_text(json.dumps(report, indent=1))
-        except OSError as e:
-            raise UserError(f"cannot write the fitted guide to {str(run_dir)!r}: "
-                            f"{e.strerror or e}") from None
+        store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
     return report
 
 

@@ -157,7 +157,7 @@ class Encoder(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """The paper's image stem (docs/design.md §9): 2 x [conv 5x5 -> SiLU -> GroupNorm] over the
+    """The paper's image stem (docs/design.md §10): 2 x [conv 5x5 -> SiLU -> GroupNorm] over the
     image, then every pixel's features projected to D. Patches are single pixels, so the sequence
     keeps one position per pixel and the stem is a drop-in for a per-pixel embedding:
     ``[..., H*W]`` classes in, ``[..., H*W, D]`` out (classes scaled to [0, 1] intensities)."""

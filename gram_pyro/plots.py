@@ -88,7 +88,8 @@ def lprm_by_step(step_values: np.ndarray, final_correct: np.ndarray, ax=None,
 
 
 def boards(task, answers, inputs=None, ok=None, cols: int = 5, title=None):
-    """A grid of decoded boards (N-Queens / Sudoku as images, others as text); boards whose
+    """A grid of decoded boards (N-Queens / Sudoku drawn, image tasks as images, others as
+    text); boards whose
     ``ok`` is False get a red frame, and for Sudoku the cells that break a rule are shaded."""
     answers = np.asarray(answers)
     rows = int(np.ceil(len(answers) / cols))
@@ -102,7 +103,10 @@ def boards(task, answers, inputs=None, ok=None, cols: int = 5, title=None):
             ax.axis("off")
             continue
         grid = answers[i].reshape(side, side) if side * side == task.answer_len else None
-        if grid is None:
+        if getattr(task, "image_shape", None):  # binary images: ink black
+            ax.imshow(answers[i].reshape(task.image_shape), cmap="Greys", vmin=0, vmax=1,
+                      interpolation="nearest")
+        elif grid is None:
             ax.text(0.5, 0.5, task.format_answer(answers[i]), ha="center", va="center", fontsize=6)
         elif task.name.startswith("nqueens"):
             ax.imshow((np.indices((side, side)).sum(0) % 2) * 0.15, cmap="Greys", vmin=0, vmax=1)

@@ -46,12 +46,14 @@ def main(argv=None) -> int:
         prefix = path.stem.split("_")[0]
         if args.only and prefix not in args.only:
             continue
-        for var in ("GRAM_RUN", "GRAM_RUN_UNCONDITIONAL"):
+        for var in ("GRAM_RUN", "GRAM_RUN_UNCONDITIONAL", "GRAM_RUN_IMAGES"):
             os.environ.pop(var, None)
         if prefix in runs:
             os.environ["GRAM_RUN"] = runs[prefix]
         if prefix + "u" in runs:
             os.environ["GRAM_RUN_UNCONDITIONAL"] = runs[prefix + "u"]
+        if prefix == "04" and prefix in runs:  # the image notebook reads its own variable
+            os.environ["GRAM_RUN_IMAGES"] = os.environ.pop("GRAM_RUN")
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=3600, kernel_name="python3",

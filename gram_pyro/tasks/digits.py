@@ -1,4 +1,4 @@
-"""Binarized digit images (docs/design.md §9): GRAM as an image model of p(x).
+"""Binarized digit images (docs/design.md §10): GRAM as an image model of p(x).
 
 ``digits-N`` is an unconditional task over N x N binary images (pixels row-major,
 ``seq_len = answer_len = N*N``, class 1 = ink). The input is the blank image; every image is a
