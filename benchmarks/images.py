@@ -77,7 +77,7 @@ def main() -> None:
 
     from gram_pyro import images as im
     from gram_pyro.build import programs
-    from gram_pyro.checkpoint import load_run
+    from gram_pyro.checkpoint import load_checkpoint, load_run
     from gram_pyro.guide_fit import refit_run
     from gram_pyro.importance import KHAT_RELIABLE
     from gram_pyro.inference import prior_rollouts
@@ -103,7 +103,7 @@ def main() -> None:
                 out[k] = (float(v.mean()), *im.bootstrap_interval(v, seed=args.seed))
         return out
 
-    rows, samples, notes = {}, {}, []
+    rows, samples = {}, {}
     # the factorized floor: exact, closed form
     probs = im.factorized_probs(train)
     floor = im.factorized_log_prob(probs, test)
@@ -147,11 +147,11 @@ def main() -> None:
         model, guide = programs(net, cfg)
         pyro.set_rng_seed(args.seed)
         start = time.perf_counter()
-        est = estimate(model, guide, blank(len(subset)), torch.as_tensor(test[subset]),
+        est = estimate(model, guide, torch.zeros(len(subset), pixels, dtype=torch.long),
+                       torch.as_tensor(test[subset]),
                        args.particles, make_kwargs=lambda: {"shared": SharedRecursion()})
         seconds = time.perf_counter() - start
         table = k_table(est)
-        from gram_pyro.checkpoint import load_checkpoint
         ckpt = load_checkpoint(run)
         rows[label] = {"subset": table[max(table)], "full": None, "k": table,
                        "trained": f"{ckpt['step']} steps, {ckpt['elapsed'] / 60:.1f} min; guide "

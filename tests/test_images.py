@@ -54,7 +54,7 @@ def test_digits_split_is_fixed_disjoint_and_complete():
     assert get_task("digits-8").unconditional
 
 
-TEST_DIGEST = "SET-ME"
+TEST_DIGEST = "ac660eb85da560f7"  # sklearn digits, data seed 0, recorded at the split's creation
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -117,11 +117,14 @@ def test_conv_stem_keeps_the_shapes_and_reads_the_image():
     y = torch.randint(0, 2, (3, 5, 64))
     out = stem(y)
     assert out.shape == (3, 5, 64, 24)
-    # a pixel's feature depends on its neighbours (5x5 receptive fields), unlike an embedding
+    # a pixel's feature depends on its neighbours (two 5x5 convolutions: 9x9 receptive fields),
+    # unlike an embedding; beyond them only GroupNorm's image-wide statistics move, far less
+    torch.manual_seed(0)
     y2 = y.clone()
-    y2[..., 9] = 1 - y2[..., 9]
-    changed = (stem(y2) - out).abs().sum(-1)[0, 0] > 0
-    assert changed[9] and changed[10] and changed[0] and not changed[63]
+    y2[..., 9] = 1 - y2[..., 9]  # row 1, column 1
+    change = (stem(y2) - out).abs().sum(-1)[0, 0].reshape(8, 8)
+    near, far = change[:6, :6].min(), change[6:, :].max()
+    assert near > 3 * far > 0
 
 
 def test_stem_conv_builds_a_gram_net_with_the_same_posterior_shapes():
@@ -169,7 +172,8 @@ def test_train_vae_improves_the_validation_elbo_and_keeps_the_best():
     model, guide, report = im.train_vae(train, val, steps=120, eval_every=40, batch_size=64, hidden=32)
     values = [v for _, v in report["curve"]]
     assert report["steps"] == 120 and len(values) == 3
-    assert report["best_val_elbo"] == max(values) > values[0] - 1e-9
+    assert values[-1] > values[0]  # SVI improves the held-out ELBO
+    assert report["best_val_elbo"] == pytest.approx(max(values), abs=1e-4)
     assert im.vae_elbo(model, guide, torch.as_tensor(val, dtype=torch.float32), 64) == \
         pytest.approx(report["best_val_elbo"], abs=1.0)
     samples = im.vae_samples(model, 10)
