@@ -6,6 +6,8 @@ of it needs the trainer.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from gram_pyro.config import Config
@@ -54,14 +56,64 @@ def build_net(task, cfg: Config, device="cpu") -> GramNet:
                       expansion=cfg.expansion, share_core=cfg.share_core, n_prefix=cfg.n_prefix,
                       sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
                       critic_layers=cfg.critic_layers,
-                      links=task.links() if cfg.links else None, image_shape=image_shape)
+                      links=task.links() if cfg.links else None, image_shape=image_shape,
+                      head_expansion=cfg.head_expansion, levels=cfg.levels)
     return net.to(resolve_device(device))
+
+
+# which part of the model each of GramNet's children is (docs/design.md §11)
+PARTS = {"encoder": "backbone", "f_high": "backbone", "f_low": "backbone", "decoder": "backbone",
+         "prior_head": "stochastic guidance (prior heads)",
+         "posterior_head": "guide only (posterior heads, target embedding)",
+         "target_embed": "guide only (posterior heads, target embedding)",
+         "critic": "critic (ACT and LPRM)", "halt_head": "critic (ACT and LPRM)",
+         "lprm_head": "critic (ACT and LPRM)"}
+
+
+def parameter_counts(net) -> dict:
+    """Trainable parameters of each child of ``net`` (a weight shared by two children, as f_low
+    and f_high by default, counts once, for the first)."""
+    seen, out = set(), {}
+    for name, child in net.named_children():
+        fresh = [p for p in child.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        out[name] = sum(p.numel() for p in fresh)
+    return out
+
+
+def describe(task, cfg: Config) -> dict:
+    """What ``gram train --dry-run`` prints: the parameter count per component and per part
+    (backbone, the prior's Gaussian heads, the guide's, the critic), and the resolved config."""
+    net = build_net(task, cfg)
+    counts = parameter_counts(net)
+    parts: dict = {}
+    for name, n in counts.items():
+        part = PARTS.get(name, "other")
+        parts[part] = parts.get(part, 0) + n
+    return {"task": task.name, "unconditional": task.unconditional,
+            "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+            "components": counts, "parts": parts, "total": sum(counts.values()),
+            "shared_core": cfg.share_core, "config": json.loads(cfg.to_json())}
+
+
+def format_description(d: dict) -> str:
+    lines = [f"{d['model']} on {d['task']}{' (p(x))' if d['unconditional'] else ''}: "
+             f"{d['total'] / 1e6:.2f}M trainable parameters", "  by component:"]
+    for name, n in d["components"].items():
+        note = " (shares f_high's weights)" if name == "f_low" and d["shared_core"] else ""
+        lines.append(f"    {name:<15} {n / 1e6:8.3f}M{note}")
+    lines.append("  by part:")
+    for part, n in d["parts"].items():
+        lines.append(f"    {part:<48} {n / 1e6:8.3f}M")
+    lines.append("  resolved config:")
+    lines += [f"    {k} = {v}" for k, v in d["config"].items()]
+    return "\n".join(lines)
 
 
 def programs(net, cfg: Config) -> tuple[GramModel, GramGuide]:
     """The model and guide of a config, sharing ``net``."""
     kw = dict(k_low=cfg.k_low, t_high=cfg.t_high, n_supervision=cfg.n_supervision,
-              deterministic=cfg.deterministic)
+              deterministic=cfg.deterministic, noise=cfg.noise, decode=cfg.decode, z0=cfg.z0)
     return GramModel(net, **kw), GramGuide(net, **kw)
 
 

@@ -116,8 +116,13 @@ def add_subcommands(sub) -> None:
                     "(global batch = per-process batch x P; P must divide it), so a run sees the "
                     "same examples at every step whatever P is. Only rank 0 prints and writes.")
     add_task_args(p, required=False, seed_default=None)
-    p.add_argument("--out", required=True, help="run folder (checkpoint, config, metrics)")
+    p.add_argument("--out", help="run folder (checkpoint, config, metrics); required unless "
+                   "--dry-run")
     p.add_argument("--preset", choices=["cpu", "paper"], help="default cpu")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the parameter count per component and the resolved config, then "
+                        "stop: nothing is trained or written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the description as JSON")
     p.add_argument("--steps", type=int_at_least(1), help="optimizer steps (with --resume: the new "
                    "total)")
     p.add_argument("--max-minutes", type=positive_float, help="training-time budget in minutes "
@@ -345,6 +350,10 @@ def cmd_train(args) -> dict:
     from gram_pyro.config import make_config
     from gram_pyro.train import Trainer
 
+    if args.dry_run and args.resume:
+        raise UserError("--dry-run describes a new run's config; it does not combine with --resume")
+    if not args.out and not args.dry_run:
+        raise UserError("the following arguments are required: --out (or pass --dry-run)")
     if args.resume:
         trainer = Trainer(None, args.out, resume=True, progress=not args.quiet,
                           changes=train_changes(args))
@@ -357,6 +366,13 @@ def cmd_train(args) -> dict:
                           seed=args.seed, steps=args.steps, max_minutes=args.max_minutes,
                           deterministic=args.deterministic or None, device=args.device,
                           on_nan=args.on_nan, precision=args.precision)
+        if args.dry_run:
+            from gram_pyro.build import describe, format_description
+            from gram_pyro.tasks import get_task
+
+            d = describe(get_task(cfg.task, unconditional=cfg.unconditional), cfg)
+            print(dump_json(d) if args.json else format_description(d))
+            return d
         trainer = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     main = trainer.group.main  # under torchrun only rank 0 speaks
     if main:

@@ -24,17 +24,23 @@ class Config:
     Task: ``task`` (registry name), ``unconditional`` (blank input, p(x)), ``data_seed``,
         ``data_options`` (the task's dataset options, e.g. ``{"csv": PATH}`` for sudoku-9).
     Model: ``d_model`` (D), ``n_layers`` blocks per f, ``block`` ("mixer"/"attention"),
-        ``n_heads``, ``expansion`` (SwiGLU width factor), ``share_core`` (f_low = f_high),
+        ``n_heads``, ``expansion`` (SwiGLU width factor), ``head_expansion`` (that of the Gaussian
+        heads; 0: the same), ``share_core`` (f_low = f_high),
         ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``, ``critic_layers`` (blocks of the
         critic that the ACT and LPRM heads read the state through; 0: linear probes), ``links``
         (the encoder also reads the task's structure, :meth:`~gram_pyro.tasks.base.Task.links`:
         a colouring node its adjacency row, a Sudoku cell its peers; the input is unchanged),
         ``stem`` (how the guide reads an image answer: a per-pixel ``embed`` or the paper's
         ``conv`` stem, :class:`~gram_pyro.nets.ConvStem`; image tasks only).
-    Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup).
+    Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup), ``levels`` (2: the
+        h / l recursion; 1: a single level, the Looped Transformer baseline).
     Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
         ``lprm_weight``.
+    Ablations (the paper's Table 3, docs/design.md §11): ``noise`` ("learned"; "zero_mean": the
+        prior's loc is 0, only sigma is learned; "mean_only": no noise, h_t = u_t + mu_p(u_t)),
+        ``decode`` ("argmax"; "sample": rollouts sample each answer token), ``z0`` ("fixed";
+        "random": a fresh N(0, I) start state per trajectory).
     Joint critic: with ``joint_critic`` each supervision step also runs a prior chain (no y, no
         gradient into the trunk) on which the ACT and LPRM heads learn (``act_weight``,
         ``lprm_weight``); without it, training is the ELBO alone and the critic learns only in
@@ -70,6 +76,7 @@ class Config:
     block: str = "mixer"
     n_heads: int = 4
     expansion: float = 2.0
+    head_expansion: float = 0.0  # SwiGLU width factor of the Gaussian heads; 0: as expansion
     share_core: bool = True
     n_prefix: int = 1
     sigma_floor: float = 1e-3
@@ -79,6 +86,7 @@ class Config:
     stem: str = "embed"  # how q reads an image answer: per-pixel "embed" or the paper's "conv"
     # recursion
     k_low: int = 2
+    levels: int = 2  # 1: one recursion level, u_t = f^(K+1)(h + e_x): the Looped Transformer
     t_high: int = 2
     n_supervision: int = 4
     # objective
@@ -98,6 +106,10 @@ class Config:
     beta_anneal_steps: int = 0  # KL annealing: beta ramps up from 0 over this many steps
     kl_balance: float = 0.8
     deterministic: bool = False
+    # the paper's Table 3 ablations, each one switch in the same code path (docs/design.md §11)
+    noise: str = "learned"  # "zero_mean": N(0, sigma^2); "mean_only": N(mu, 0), h = u + mu(u)
+    decode: str = "argmax"  # "sample": rollouts draw each answer token from the decoder
+    z0: str = "fixed"  # "random": z_0 ~ N(0, I) per trajectory (sample sites z0_h, z0_l)
     # Fitting the critic on a prior chain during training costs a third of every step and its
     # gradients share the global clipping norm with the model's; measured on N-Queens 8x8 at 3
     # CPU minutes (docs/RESULTS.md, recipe_nqueens-8) the ELBO alone trained faster and better,
@@ -139,6 +151,12 @@ class Config:
             _check_field(f, getattr(self, f.name))
         if self.block == "attention" and self.d_model % (2 * self.n_heads):
             raise UserError(f"d_model ({self.d_model}) must be divisible by 2*n_heads ({2 * self.n_heads})")
+        if self.deterministic and self.noise != "learned":
+            raise UserError(f"noise={self.noise} changes the guidance noise, which the "
+                            "deterministic baseline does not have; drop one of the two")
+        if self.head_expansion and int(self.head_expansion * self.d_model) < 1:
+            raise UserError(f"head_expansion x d_model must be at least 1 (or head_expansion 0), "
+                            f"got {self.head_expansion:g} x {self.d_model}")
         if int(self.expansion * self.d_model) < 1:
             raise UserError(f"expansion x d_model must be at least 1, got {self.expansion:g} x {self.d_model}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -174,9 +192,9 @@ SEED_MAX = 2 ** 32 - 1  # numpy's seeds: 0 .. 2^32 - 1
 RANGES = {
     "data_seed": (0, SEED_MAX, False), "seed": (0, SEED_MAX, False),
     "d_model": (1, 16_384, False), "n_layers": (1, 64, False), "n_heads": (1, 256, False),
-    "expansion": (0, 64, True), "n_prefix": (1, 1024, False), "sigma_floor": (0, 1, True),
+    "expansion": (0, 64, True), "head_expansion": (0, 64, False), "n_prefix": (1, 1024, False), "sigma_floor": (0, 1, True),
     "init_sigma": (0, 100, True), "critic_layers": (0, 64, False),
-    "k_low": (1, 64, False), "t_high": (1, 64, False), "n_supervision": (1, 1024, False),
+    "k_low": (1, 64, False), "levels": (1, 2, False), "t_high": (1, 64, False), "n_supervision": (1, 1024, False),
     "beta": (0, 1e6, True), "beta_anneal_steps": (0, 10 ** 9, False), "kl_balance": (0, 1, False),
     "act_weight": (0, 1e6, False), "lprm_weight": (0, 1e6, False),
     "critic_fit_steps": (0, 10 ** 9, False), "critic_fit_inputs": (2, 10 ** 8, False),
@@ -193,6 +211,8 @@ RANGES = {
 CHOICES = {
     "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
     "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
+    "noise": ("learned", "zero_mean", "mean_only"), "decode": ("argmax", "sample"),
+    "z0": ("fixed", "random"),
 }
 
 
@@ -237,8 +257,13 @@ PRESETS = {
     "cpu": {},
     # docs/design.md §7: D=512, attention (make_config switches Sudoku to the mixer and K=6),
     # T=3, N_sup=16, AdamW lr 1e-4, wd 1.0, batch 768, EMA 0.9999, 2k warm-up.
+    # The paper's budget: about 7M for the backbone and 10M for GRAM on Sudoku. The Gaussian heads
+    # at the core's width (4 D) would add 12.6M alone, so each is one SwiGLU MLP of width D
+    # (head_expansion 1: 3.1M for the four), and the halt and value heads read token 0 linearly
+    # as TRM's do (critic_layers 0); `gram train --preset paper --dry-run` prints the count.
     "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
-                  n_prefix=16, k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
+                  head_expansion=1.0, critic_layers=0, lr_schedule="constant", n_prefix=16,
+                  k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
                   batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000, joint_critic=True,
                   eval_interval=2000, eval_inputs=1024),
 }

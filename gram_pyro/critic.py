@@ -68,7 +68,7 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
             out = model(x, steps=[s], state=state, num_samples=trajectories, heads=False)
             state = (out.h, out.l)
             hs.append(out.h.transpose(0, 1))  # [m, N, P + L, D]
-            answers = out.logits.argmax(-1).transpose(0, 1).reshape(-1, out.logits.shape[-2])
+            answers = model.answers(out).transpose(0, 1).reshape(-1, out.logits.shape[-2])
             ok = task.is_correct(np.repeat(x_np, trajectories, axis=0), answers.cpu().numpy())
             oks.append(torch.as_tensor(ok, dtype=torch.float32, device=device)
                        .reshape(len(x_np), trajectories))

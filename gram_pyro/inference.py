@@ -137,7 +137,7 @@ def _rollout_chunk(model, x, n, max_steps, rule, record, temperature=1.0):
     records = {"step_answers": [], "step_values": [], "step_halts": []}
     for s in range(max_steps):
         out = model(x, steps=[s], state=state, num_samples=n, temperature=temperature)
-        new = (out.logits.argmax(-1), out.values[-1], torch.sigmoid(out.halt_logits[-1]))
+        new = (model.answers(out), out.values[-1], torch.sigmoid(out.halt_logits[-1]))
         previous = answers
         if state is None:
             h, l = out.h, out.l

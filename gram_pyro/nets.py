@@ -208,6 +208,9 @@ class GramNet(nn.Module):
     Args:
         seq_len, input_vocab, answer_len, answer_vocab, answer_offset: the task layout.
         d_model: D. n_layers: blocks per f. block: "mixer" or "attention".
+        expansion: SwiGLU width factor of the blocks; head_expansion: that of the Gaussian heads
+            (None or 0: the same).
+        levels: 2, the h/l recursion of TRM; 1, a single level (the Looped Transformer).
         share_core: f_low and f_high share weights.
         n_prefix: P learned prefix tokens; heads read token 0.
         critic_layers: blocks of the critic the ACT and LPRM heads read through (0: the heads are
@@ -220,8 +223,10 @@ class GramNet(nn.Module):
     def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
                  d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
                  share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1,
-                 links=None, image_shape=None):
+                 links=None, image_shape=None, head_expansion=None, levels=2):
         super().__init__()
+        head_expansion = head_expansion or expansion
+        self.levels = levels
         self.seq_len, self.n_prefix = seq_len, n_prefix
         self.answer_len, self.answer_vocab = answer_len, answer_vocab
         self.answer_start = n_prefix + answer_offset
@@ -230,8 +235,8 @@ class GramNet(nn.Module):
         self.f_high = RecursiveNet(total, d_model, n_layers, expansion, block, n_heads)
         self.f_low = self.f_high if share_core else RecursiveNet(total, d_model, n_layers,
                                                                  expansion, block, n_heads)
-        self.prior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
-        self.posterior_head = GaussianHead(d_model, expansion, sigma_floor, init_sigma)
+        self.prior_head = GaussianHead(d_model, head_expansion, sigma_floor, init_sigma)
+        self.posterior_head = GaussianHead(d_model, head_expansion, sigma_floor, init_sigma)
         if image_shape is None:
             self.target_embed = nn.Embedding(answer_vocab, d_model)
         else:
@@ -256,7 +261,14 @@ class GramNet(nn.Module):
         return self.encoder(x)
 
     def propose(self, h, l, e_x, k_low: int):
-        """K low-level refinements with h fixed, then the high-level proposal u_t."""
+        """K low-level refinements with h fixed, then the high-level proposal u_t. With one
+        level (the Looped Transformer baseline) there is no l: u_t is K + 1 applications of the
+        core to ``h + e_x``, the same number of core calls as the two levels make."""
+        if self.levels == 1:
+            u = h
+            for _ in range(k_low + 1):
+                u = self.f_high(u + e_x)
+            return l, u
         for _ in range(k_low):
             l = self.f_low(l + h + e_x)
         return l, self.f_high(h + l)

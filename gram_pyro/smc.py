@@ -75,7 +75,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
         log_w = log_w + site["fn"].log_prob(site["value"])
         state = (out.h, out.l)
         prev_log_v = out.log_values[-1]
-        logits = out.logits
+        answers = model.answers(out)  # the last step's; no resampling follows it
         if s < max_steps - 1:
             low = ess(log_w) < ess_threshold * n
             if bool(low.any()):
@@ -89,7 +89,7 @@ def lprm_smc(model, x, num_particles: int, *, max_steps: int | None = None,
                 log_w = torch.where(low[None, :], torch.zeros_like(log_w), log_w)
                 resampled += int(low.sum())
     values = prev_log_v.exp()
-    return SMCResult(answers=logits.argmax(-1).transpose(0, 1).cpu().numpy(),
+    return SMCResult(answers=answers.transpose(0, 1).cpu().numpy(),
                      values=values.T.cpu().numpy(), log_weights=log_w.T.cpu().numpy(),
                      resampled=resampled,
                      steps=max_steps)

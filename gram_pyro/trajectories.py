@@ -53,7 +53,8 @@ def record(model, guide, x, num_samples: int, y=None, steps: int | None = None) 
             out = model_trace.nodes["_RETURN"]["value"]
         state = (out.h, out.l)
         hs.append(out.h[:, 0].reshape(num_samples, -1).cpu().numpy())
-        answers.append(out.logits[:, 0].argmax(-1).cpu().numpy())
+        answers.append((model.answers(out) if yt is None else out.logits.argmax(-1))[:, 0]
+                       .cpu().numpy())  # posterior: the decoder's mode, not the observed y
         values.append(out.values[-1][:, 0].cpu().numpy())
     return TrajectoryRecord(np.stack(hs), np.stack(answers), np.stack(values), kl)
 

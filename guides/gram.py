@@ -33,7 +33,7 @@ class GramGuide(RecursionProgram):
             if rule.posterior:
                 return dist.Normal(*net.posterior(u, y)).to_event(2)
             with grad_enabled(False):
-                return dist.Normal(*net.prior(u)).to_event(2)
+                return dist.Normal(*self.prior_params(u)).to_event(2)
 
         with plates(x.shape[0], num_samples, x.device):
             for _, h, l in self.recur(x, posterior, steps=steps, state=state, shared=shared,

@@ -33,7 +33,8 @@ from gram_pyro.recursion import FULL, SharedRecursion, grad_enabled
 class Rollout:
     """What a run of the program leaves behind (the program's return value).
 
-    h, l: the final latent state. logits: the answer logits at the end.
+    h, l: the final latent state. logits: the answer logits at the end. sample: the answer site's
+        value (the observed y, or a draw from the decoder when y is None).
     halt_logits, log_values: per supervision step, the ACT halt logit and the log LPRM value
         (``logsigmoid`` of the value logit) of the state after it; ``values`` are their exps.
     """
@@ -43,6 +44,7 @@ class Rollout:
     logits: torch.Tensor
     halt_logits: list = field(default_factory=list)
     log_values: list = field(default_factory=list)
+    sample: torch.Tensor | None = None  # the value of the answer site y (drawn when not observed)
 
     @property
     def values(self) -> list:
@@ -72,11 +74,38 @@ class RecursionProgram(nn.Module):
     """
 
     def __init__(self, net, *, k_low: int, t_high: int, n_supervision: int,
-                 deterministic: bool = False):
+                 deterministic: bool = False, noise: str = "learned", decode: str = "argmax",
+                 z0: str = "fixed"):
         super().__init__()
         self.net = net
         self.k_low, self.t_high, self.n_supervision = k_low, t_high, n_supervision
         self.deterministic = deterministic
+        self.noise, self.decode, self.z0 = noise, decode, z0
+
+    def prior_params(self, u):
+        """``(loc, scale)`` of p(eps_t | u_t): the learned heads, with the loc pinned to zero
+        under the ``noise=zero_mean`` ablation (N(0, sigma^2): noise without a learned mean)."""
+        loc, scale = self.net.prior(u)
+        return (torch.zeros_like(loc) if self.noise == "zero_mean" else loc), scale
+
+    def answers(self, out: "Rollout") -> torch.Tensor:
+        """The answer a rollout gives: the decoder's argmax per token, or under ``decode=sample``
+        the value its answer site drew (the stochastic-decoding ablation)."""
+        if self.decode == "sample" and out.sample is not None:
+            return out.sample
+        return out.logits.argmax(-1)
+
+    def start(self, shared, x, num_samples, state):
+        """The state a run starts from: ``state``, else z_0, which is the net's stored vector
+        or, under ``z0=random``, a fresh draw per trajectory at the sample sites ``z0_h`` and
+        ``z0_l`` (N(0, I) in the model and in the guide alike, so q = p there and the sites add
+        nothing to the ELBO's KL or to importance weights)."""
+        net = self.net
+        if state is not None or self.z0 != "random":
+            return shared.initial_state(net, batch_shape(x, num_samples), state)
+        shape = (net.n_prefix + net.seq_len, net.d_model)
+        unit = dist.Normal(net.h0.new_zeros(()), 1.0).expand(shape).to_event(2)
+        return pyro.sample("z0_h", unit), pyro.sample("z0_l", unit)
 
     @property
     def device(self) -> torch.device:
@@ -99,7 +128,7 @@ class RecursionProgram(nn.Module):
         rules = rules or [FULL] * self.t_high
         shared = SharedRecursion() if shared is None else shared
         e_x = shared.encoding(net, x, num_samples)
-        h, l = shared.initial_state(net, batch_shape(x, num_samples), state)
+        h, l = self.start(shared, x, num_samples, state)
         origin = h  # the tensor that produced h: what the shared store checks on replay
         for n in pyro.markov(steps):
             for t in pyro.markov(range(self.t_high)):
@@ -107,6 +136,11 @@ class RecursionProgram(nn.Module):
                 l, u = shared.propose(net, site, origin, h, l, e_x, self.k_low, rule.trunk_grad)
                 if self.deterministic:
                     h = origin = u
+                    continue
+                if self.noise == "mean_only":  # N(mu, 0): a learned deterministic shift
+                    with grad_enabled(rule.head_grad or rule.trunk_grad):
+                        shift = self.prior_params(u)[0]
+                    h = origin = u + (shift if rule.trunk_grad else shift.detach())
                     continue
                 with grad_enabled(rule.head_grad or rule.trunk_grad):
                     eps_dist = noise(u, rule)
@@ -126,6 +160,7 @@ class GramModel(RecursionProgram):
         k_low: K, low-level refinements per transition. t_high: T, transitions per
         supervision step. n_supervision: N_sup, supervision steps in a full run.
         deterministic: switch the noise off (the baseline).
+        noise, decode, z0: the ablation switches of :class:`~gram_pyro.config.Config`.
 
     Call arguments (the guide takes the same):
         x ``[B, L]`` input tokens; y ``[B, answer_len]`` observed answer, or None to sample it.
@@ -152,7 +187,7 @@ class GramModel(RecursionProgram):
         net = self.net
 
         def prior(u, rule):
-            loc, scale = net.prior(u)
+            loc, scale = self.prior_params(u)
             return dist.Normal(loc, scale * temperature if temperature != 1.0 else scale).to_event(2)
 
         halt_logits, log_values, prev_value = [], [], lprm_prev
@@ -169,5 +204,5 @@ class GramModel(RecursionProgram):
                     pyro.factor(f"lprm_{n}", log_v if prev_value is None else log_v - prev_value)
                     prev_value = log_v
             logits = net.decode(h)
-            pyro.sample("y", dist.Categorical(logits=logits).to_event(1), obs=y)
-        return Rollout(h, l, logits, halt_logits, log_values)
+            answer = pyro.sample("y", dist.Categorical(logits=logits).to_event(1), obs=y)
+        return Rollout(h, l, logits, halt_logits, log_values, answer)
