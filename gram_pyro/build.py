@@ -74,7 +74,9 @@ def parameter_counts(net) -> dict:
     """Trainable parameters of each child of ``net`` (a weight shared by two children, as f_low
     and f_high by default, counts once, for the first)."""
     seen, out = set(), {}
-    for name, child in net.named_children():
+    for name, child in net._modules.items():  # named_children() would hide a shared child
+        if child is None:
+            continue
         fresh = [p for p in child.parameters() if id(p) not in seen]
         seen.update(id(p) for p in fresh)
         out[name] = sum(p.numel() for p in fresh)

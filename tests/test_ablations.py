@@ -102,7 +102,7 @@ def test_random_z0_is_a_sample_site_shared_by_model_and_guide():
 def test_every_ablation_trains_with_the_same_objective_machinery(tmp_path, switch):
     cfg = tiny_config("nqueens-5", [switch, "steps=3"])
     result = Trainer(cfg, tmp_path / "run", progress=False).fit()
-    assert result["step"] == 3 and np.isfinite(result["val_prior_acc"])
+    assert result["step"] >= 3 and np.isfinite(result["val_prior_acc"])
 
 
 def test_the_deterministic_baseline_refuses_a_noise_ablation():

@@ -54,6 +54,9 @@ class CoinModel:
         logits = torch.stack([1 - c, c], -1)[..., None, :] * 10.0
         return Rollout(c, c, logits, log_values=[log_v])
 
+    def answers(self, out):  # what GramModel.answers gives at decode=argmax
+        return out.logits.argmax(-1)
+
 
 def test_smc_reaches_the_tilted_target():
     pyro.set_rng_seed(0)
