@@ -79,11 +79,12 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
             boards = traj.answers[np.arange(n), pick(traj.values, pick_rule)]
     seconds = time.perf_counter() - start
     stats = metrics.generation_stats(task, boards)
-    if getattr(task, "image_shape", None):
+    image = getattr(task, "image_shape", None) is not None
+    if image:
         stats.update(image_quality(task, cfg, boards))
     report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
               **stats, "mean_steps": float(traj.steps.mean()), "max_steps": max_steps,
-              "temperature": temperature, "image": bool(getattr(task, "image_shape", None)),
+              "temperature": temperature, "image": image,
               "best_of": best_of, "pick": pick_rule if best_of > 1 else None,
               "seconds": seconds,
               "boards_per_second": n / seconds}

@@ -76,6 +76,17 @@ def train_vae(train: np.ndarray, val: np.ndarray, *, minutes: float | None = Non
     rng = np.random.default_rng(seed)
     start, deadline = time.monotonic(), None if minutes is None else time.monotonic() + 60 * minutes
     best, best_state, curve, step = -math.inf, None, [], 0
+
+    def checkpoint_if_best() -> float:
+        """Score the validation ELBO at this step; keep the parameters if it is the best yet."""
+        nonlocal best, best_state
+        value = vae_elbo(model, guide, va)
+        curve.append((step, round(value, 4)))
+        if value > best:
+            best, best_state = value, (copy.deepcopy(model.state_dict()),
+                                       copy.deepcopy(guide.state_dict()))
+        return value
+
     bar = tqdm(total=None if minutes else steps, desc="VAE (SVI)", disable=not progress, leave=False)
     while step < steps and (deadline is None or time.monotonic() < deadline):
         batch = tr[rng.integers(0, len(tr), batch_size)]
@@ -83,19 +94,11 @@ def train_vae(train: np.ndarray, val: np.ndarray, *, minutes: float | None = Non
         step += 1
         bar.update()
         if step % eval_every == 0 or step == steps:
-            value = vae_elbo(model, guide, va)
-            curve.append((step, round(value, 4)))
+            value = checkpoint_if_best()
             bar.set_postfix(train_elbo=f"{-loss:.2f}", val_elbo=f"{value:.2f}")
-            if value > best:
-                best, best_state = value, (copy.deepcopy(model.state_dict()),
-                                           copy.deepcopy(guide.state_dict()))
     bar.close()
-    if best_state is None or (curve and curve[-1][0] != step):
-        value = vae_elbo(model, guide, va)
-        curve.append((step, round(value, 4)))
-        if value > best:
-            best, best_state = value, (copy.deepcopy(model.state_dict()),
-                                       copy.deepcopy(guide.state_dict()))
+    if not curve or curve[-1][0] != step:  # the last step is always scored
+        checkpoint_if_best()
     model.load_state_dict(best_state[0])
     guide.load_state_dict(best_state[1])
     return model, guide, {"steps": step, "seconds": round(time.monotonic() - start, 1),

@@ -138,9 +138,9 @@ class RecursionProgram(nn.Module):
                     h = origin = u
                     continue
                 if self.noise == "mean_only":  # N(mu, 0): a learned deterministic shift
-                    with grad_enabled(rule.head_grad or rule.trunk_grad):
+                    with grad_enabled(rule.trunk_grad):  # no KL: only the trunk's path trains it
                         shift = self.prior_params(u)[0]
-                    h = origin = u + (shift if rule.trunk_grad else shift.detach())
+                    h = origin = u + shift
                     continue
                 with grad_enabled(rule.head_grad or rule.trunk_grad):
                     eps_dist = noise(u, rule)
