@@ -111,14 +111,22 @@ def main(argv=None) -> None:
         full = results.get("full GRAM")
         zero = results.get("noise without a learned mean, N(0, sigma^2)")
         mean_only = results.get("a learned mean without noise, N(mu, 0)")
-        metric = "distinct_valid" if unconditional else "cov_micro"
+        # The paper's ordering, as it states it: full GRAM WELL above noise without a learned
+        # mean (here: at least 10 points of coverage, the share of the valid answers found), and
+        # a mean without noise COLLAPSING to one answer per input (at least 90% of inputs whose
+        # 20 samples are all identical; unconditionally, at most one distinct valid board).
+        metric = "coverage" if unconditional else "cov_micro"
         verdicts = []
         if full and zero:
             gap = np.mean([m[metric] for m in full]) - np.mean([m[metric] for m in zero])
-            verdicts.append(("full_minus_zero_mean_" + metric, gap, gap > 0))
-        if full and mean_only:
-            gap = np.mean([m[metric] for m in full]) - np.mean([m[metric] for m in mean_only])
-            verdicts.append(("full_minus_mean_only_" + metric, gap, gap > 0))
+            verdicts.append(("full_minus_zero_mean_coverage", gap, ">=0.1", gap >= 0.1))
+        if mean_only:
+            if unconditional:
+                boards = max(m["distinct_valid"] for m in mean_only)
+                verdicts.append(("mean_only_distinct_valid_boards", boards, "<=1", boards <= 1))
+            else:
+                same = min(m["identical"] for m in mean_only)
+                verdicts.append(("mean_only_identical_inputs", same, ">=0.9", same >= 0.9))
         seeds = ", ".join(map(str, args.seeds))
         body = (f"`{task}`, {args.minutes:g} training minutes per row and seed (seeds {seeds}; mean "
                 f"± sd over seeds), the `cpu` preset plus each row's switches, prior rollouts "
@@ -128,14 +136,14 @@ def main(argv=None) -> None:
                   "Sudoku column is conditional 9x9 Sudoku), labelled as the paper's; '—' where "
                   "the paper has no such row.\n\n" + "\n".join(lines) + "\n\n"
                 + "Does the paper's ordering reproduce here? "
-                + "; ".join(f"{name.replace('_', ' ')}: {v:+.3g} ({'yes' if ok else 'no'})"
-                            for name, v, ok in verdicts) + ".")
+                + "; ".join(f"{name.replace('_', ' ')}: {v:.3g} (goal {goal}: "
+                            f"{'yes' if ok else 'no'})" for name, v, goal, ok in verdicts) + ".")
         print(body)
         write_section(f"ablations_{task}", f"Ablations (the paper's Table 3) on {task}", body,
                       quick=args.quick, tag=f"{args.minutes:g}min")
-        for name, v, ok in verdicts:
+        for name, v, goal, ok in verdicts:
             all_met &= ok
-            result_lines.append(result_line(f"{task}_{name}", v, ">0", ok))
+            result_lines.append(result_line(f"{task}_{name}", v, goal, ok))
     if not all_met:
         print("(the paper's ordering did not fully reproduce; the table says where)")
     print("\n".join(result_lines))
