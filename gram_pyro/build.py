@@ -12,7 +12,9 @@ import torch
 
 from gram_pyro.config import Config
 from gram_pyro.errors import UserError
+from gram_pyro.guides.ar import ar_guide
 from gram_pyro.guides.gram import GramGuide
+from gram_pyro.models.ar import ARModel, ARNet
 from gram_pyro.models.gram import GramModel
 from gram_pyro.nets import GramNet
 
@@ -40,9 +42,17 @@ def check_precision(precision: str, device: torch.device) -> None:
                         "use --precision fp32")
 
 
-def build_net(task, cfg: Config, device="cpu") -> GramNet:
-    """The network of a config, initialized on the CPU (from the CPU generator, so a seed gives
-    the same weights on every device) and moved to ``device``."""
+def build_net(task, cfg: Config, device="cpu") -> GramNet | ARNet:
+    """The network of a config (GRAM's, or the AR baseline's with ``model=ar``), initialized on
+    the CPU (from the CPU generator, so a seed gives the same weights on every device) and moved
+    to ``device``."""
+    if cfg.model == "ar":
+        with torch.device("cpu"):
+            net = ARNet(seq_len=task.seq_len, input_vocab=task.input_vocab,
+                        answer_len=task.answer_len, answer_vocab=task.answer_vocab,
+                        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                        expansion=cfg.expansion)
+        return net.to(resolve_device(device))
     image_shape = None
     if cfg.stem == "conv":
         image_shape = getattr(task, "image_shape", None)
@@ -67,13 +77,32 @@ PARTS = {"encoder": "backbone", "f_high": "backbone", "f_low": "backbone", "deco
          "posterior_head": "guide only (posterior heads, target embedding)",
          "target_embed": "guide only (posterior heads, target embedding)",
          "critic": "critic (ACT and LPRM)", "halt_head": "critic (ACT and LPRM)",
-         "lprm_head": "critic (ACT and LPRM)"}
+         "lprm_head": "critic (ACT and LPRM)",
+         "input_embed": "AR Transformer", "answer_embed": "AR Transformer",
+         "blocks": "AR Transformer", "head": "AR Transformer", "(own)": "other"}
+
+
+def model_label(cfg: Config) -> str:
+    """What a run is, as every report names it."""
+    if cfg.model == "ar":
+        return "AR baseline"
+    return "deterministic baseline" if cfg.deterministic else "GRAM"
+
+
+def require_latent(cfg: Config, what: str) -> None:
+    """A one-line error when ``what`` needs GRAM's latent trajectories and the run is the AR
+    baseline (no recursion, noise or critic)."""
+    if cfg.model == "ar":
+        raise UserError(f"{what} needs GRAM's latent trajectories; this run is the AR baseline "
+                        "(model=ar), which has no recursion, noise or critic")
 
 
 def parameter_counts(net) -> dict:
     """Trainable parameters of each child of ``net`` (a weight shared by two children, as f_low
-    and f_high by default, counts once, for the first)."""
-    seen, out = set(), {}
+    and f_high by default, counts once, for the first), and ``(own)``: those held by ``net``
+    itself (position embeddings and the like), when there are any."""
+    own = sum(p.numel() for p in net._parameters.values() if p is not None)
+    seen, out = set(), ({"(own)": own} if own else {})
     for name, child in net._modules.items():  # named_children() would hide a shared child
         if child is None:
             continue
@@ -93,7 +122,7 @@ def describe(task, cfg: Config) -> dict:
         part = PARTS.get(name, "other")
         parts[part] = parts.get(part, 0) + n
     return {"task": task.name, "unconditional": task.unconditional,
-            "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+            "model": model_label(cfg),
             "components": counts, "parts": parts, "total": sum(counts.values()),
             "shared_core": cfg.share_core, "config": json.loads(cfg.to_json())}
 
@@ -112,8 +141,11 @@ def format_description(d: dict) -> str:
     return "\n".join(lines)
 
 
-def programs(net, cfg: Config) -> tuple[GramModel, GramGuide]:
-    """The model and guide of a config, sharing ``net``."""
+def programs(net, cfg: Config):
+    """The model and guide of a config, sharing ``net``: GRAM's ``(GramModel, GramGuide)``, or
+    the AR baseline's ``(ARModel, ar_guide)``."""
+    if cfg.model == "ar":
+        return ARModel(net), ar_guide
     kw = dict(k_low=cfg.k_low, t_high=cfg.t_high, n_supervision=cfg.n_supervision,
               deterministic=cfg.deterministic, noise=cfg.noise, decode=cfg.decode, z0=cfg.z0)
     return GramModel(net, **kw), GramGuide(net, **kw)

@@ -108,8 +108,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        "train", help="train GRAM (or the deterministic baseline) with SVI",
-        description="Train GRAM (or the deterministic baseline) with SVI. Data-parallel on P "
+        "train", help="train GRAM (or a baseline) with SVI",
+        description="Train GRAM with SVI, or a baseline in the same code path: --deterministic "
+                    "(TRM-like), --set levels=1 --deterministic (Looped TF), --set model=ar (an "
+                    "autoregressive Transformer sampler, trained by maximum likelihood). "
+                    "Data-parallel on P "
                     "processes (DistributedDataParallel; NCCL on CUDA, gloo on CPU): "
                     "`torchrun --nproc_per_node=P -m gram_pyro.cli train ...`. The config's "
                     "batch_size is the GLOBAL batch: each process takes batch_size / P examples "
@@ -376,8 +379,10 @@ def cmd_train(args) -> dict:
         trainer = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     main = trainer.group.main  # under torchrun only rank 0 speaks
     if main:
-        kind = "deterministic baseline" if trainer.cfg.deterministic else \
-            f"GRAM ({trainer.cfg.objective})"
+        from gram_pyro.build import model_label
+
+        kind = model_label(trainer.cfg)
+        kind = f"GRAM ({trainer.cfg.objective})" if kind == "GRAM" else kind
         n_params = sum(p.numel() for p in trainer.net.parameters())
         world = trainer.group.world_size
         ranks = f", {world} processes x {trainer.cfg.batch_size // world} examples per batch" \

@@ -41,6 +41,10 @@ class Config:
         prior's loc is 0, only sigma is learned; "mean_only": no noise, h_t = u_t + mu_p(u_t)),
         ``decode`` ("argmax"; "sample": rollouts sample each answer token), ``z0`` ("fixed";
         "random": a fresh N(0, I) start state per trajectory).
+    Baseline: ``model`` ("gram"; "ar": the autoregressive Transformer baseline of
+        :mod:`gram_pyro.models.ar`, trained by maximum likelihood and sampled token by token, with
+        ``d_model``, ``n_layers``, ``n_heads``, ``expansion`` and the optimisation fields; it has
+        no recursion, noise or critic, so ``n_supervision`` is 1 and ``block`` attention).
     Joint critic: with ``joint_critic`` each supervision step also runs a prior chain (no y, no
         gradient into the trunk) on which the ACT and LPRM heads learn (``act_weight``,
         ``lprm_weight``); without it, training is the ELBO alone and the critic learns only in
@@ -110,6 +114,7 @@ class Config:
     noise: str = "learned"  # "zero_mean": N(0, sigma^2); "mean_only": N(mu, 0), h = u + mu(u)
     decode: str = "argmax"  # "sample": rollouts draw each answer token from the decoder
     z0: str = "fixed"  # "random": z_0 ~ N(0, I) per trajectory (sample sites z0_h, z0_l)
+    model: str = "gram"  # "ar": the autoregressive Transformer baseline (models/ar.py)
     # Fitting the critic on a prior chain during training costs a third of every step and its
     # gradients share the global clipping norm with the model's; measured on N-Queens 8x8 at 3
     # CPU minutes (docs/RESULTS.md, recipe_nqueens-8) the ELBO alone trained faster and better,
@@ -154,6 +159,8 @@ class Config:
         if self.deterministic and self.noise != "learned":
             raise UserError(f"noise={self.noise} changes the guidance noise, which the "
                             "deterministic baseline does not have; drop one of the two")
+        if self.model == "ar":
+            self._check_ar()
         if self.head_expansion and int(self.head_expansion * self.d_model) < 1:
             raise UserError(f"head_expansion x d_model must be at least 1 (or head_expansion 0), "
                             f"got {self.head_expansion:g} x {self.d_model}")
@@ -165,6 +172,18 @@ class Config:
             raise UserError(f"init_sigma ({self.init_sigma:g}) must be above sigma_floor "
                             f"({self.sigma_floor:g})")
         return self
+
+    # what the AR baseline has no use for, with the value it must keep (make_config sets them)
+    AR_FIXED = {"deterministic": False, "noise": "learned", "decode": "argmax", "z0": "fixed",
+                "levels": 2, "joint_critic": False, "critic_fit_steps": 0, "n_supervision": 1,
+                "block": "attention", "stem": "embed"}
+
+    def _check_ar(self) -> None:
+        for key, value in self.AR_FIXED.items():
+            if getattr(self, key) != value:
+                raise UserError(f"model=ar (the autoregressive baseline) needs {key}="
+                                f"{str(value).lower() if isinstance(value, bool) else value}; it has "
+                                f"no recursion, latent noise or critic (got {key}={getattr(self, key)})")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -212,7 +231,7 @@ CHOICES = {
     "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
     "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
     "noise": ("learned", "zero_mean", "mean_only"), "decode": ("argmax", "sample"),
-    "z0": ("fixed", "random"),
+    "z0": ("fixed", "random"), "model": ("gram", "ar"),
 }
 
 
@@ -327,11 +346,15 @@ def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
         key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
             (fields.get("task") or Config.task)
         values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
+    over = parse_overrides(overrides)
+    if over.get("model", fields.get("model")) == "ar":
+        # the AR baseline writes an answer in one sampling pass and has no critic to fit
+        values.update(n_supervision=1, critic_fit_steps=0, block="attention", joint_critic=False)
     if family == "digits":
         # any binary image is "correct", so a critic fitted to predict correctness learns nothing
         values["critic_fit_steps"] = 0
     values.update({k: v for k, v in fields.items() if v is not None})
-    values.update(parse_overrides(overrides))
+    values.update(over)
     if str(values.get("task", Config.task)).split("-")[0] == "digits":
         values["unconditional"] = True  # an image model has only the p(x) form
     return Config(**values).validate()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gram_pyro import metrics
-from gram_pyro.build import programs, run_data
+from gram_pyro.build import programs, require_latent, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.errors import UserError
 
@@ -219,6 +219,7 @@ def refit_run(run_dir, *, steps: int | None = None, inputs: int | None = None,
     with RunLock(run_dir, "gram fit-critic"):  # no trainer may write the checkpoint meanwhile
         ckpt = load_checkpoint(run_dir)
         task, cfg, net = load_run(run_dir, device=device, ckpt=ckpt)
+        require_latent(cfg, "`gram fit-critic`")
         model, _ = programs(net, cfg)
         steps = (cfg.critic_fit_steps or 600) if steps is None else steps
         report, weights = fit_config_critic(

@@ -15,7 +15,7 @@ import pyro
 import torch
 
 from gram_pyro import metrics
-from gram_pyro.build import programs, resolve_device, run_data
+from gram_pyro.build import model_label, programs, require_latent, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
 from gram_pyro.inference import DEFAULT_CHUNK, Trajectories, prior_rollouts
@@ -45,6 +45,9 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     task, cfg, net = load_run(run_dir, device=device)
     data = run_data(task, cfg)
     part = data.split(split, nonempty=True).sample(limit)
+    if select_method == "smc":
+        require_latent(cfg, "LPRM-guided SMC (--select smc)")
+    act = act and cfg.model != "ar"  # one sampling pass writes an AR answer: nothing to halt
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
     with torch.no_grad():
@@ -117,7 +120,9 @@ def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
     identical = float(np.mean([(flat[i] == flat[i, :1]).all() for i in range(m)]))
     out = {
         "task": task.name, "split": split, "inputs": int(m), "samples": int(n),
-        "model": "deterministic baseline" if cfg.deterministic else f"GRAM ({cfg.objective})",
+        "model": f"GRAM ({cfg.objective})" if model_label(cfg) == "GRAM" else model_label(cfg),
+        # what ranks a trajectory for best-of-N: GRAM's LPRM, or the AR model's own probability
+        "scorer": "p(y | x)" if cfg.model == "ar" else "LPRM",
         "sample_accuracy": cov["sample_accuracy"],
         "accuracy": selected,
         "coverage_micro": cov["micro"], "coverage_macro": cov["macro"],
@@ -143,8 +148,9 @@ def format_report(r: dict) -> str:
         "  selection           accuracy",
     ]
     for method, acc in r["accuracy"].items():
-        label = {"first": "single sample", "vote": "majority vote", "lprm": "LPRM best-of-N",
-                 "weighted": "LPRM-weighted vote", "smc": "LPRM-guided SMC"}[method]
+        scorer = r.get("scorer", "LPRM")
+        label = {"first": "single sample", "vote": "majority vote", "lprm": f"{scorer} best-of-N",
+                 "weighted": f"{scorer}-weighted vote", "smc": "LPRM-guided SMC"}[method]
         lines.append(f"    {label:<18} {100 * acc:6.1f}%")
     if "smc" in r:
         lines.append(f"    (SMC: same N and steps as best-of-N; {r['smc']['resampling_events']} "
@@ -172,6 +178,7 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     correctness and mean LPRM value, most frequent first."""
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
+    act = act and cfg.model != "ar"
     x = task.parse_input(text)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
@@ -190,7 +197,7 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
                          "board": task.render(a, x)})
     solutions = task.solve(x, cap=1000)
     return {"task": task.name, "puzzle": task.format_input(x), "samples": n,
-            "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+            "model": model_label(cfg),
             "valid_completions": int(len(solutions)),
             "distinct_correct": sum(d["correct"] for d in distinct),
             "mean_steps": float(traj.steps.mean()), "answers": distinct}

@@ -18,7 +18,7 @@ import pyro
 import torch
 
 from gram_pyro import metrics
-from gram_pyro.build import programs, resolve_device
+from gram_pyro.build import model_label, programs, resolve_device
 from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
 from gram_pyro.inference import prior_rollouts
@@ -64,6 +64,8 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
                         "with --unconditional")
     model, _ = programs(net, cfg)
     max_steps = max_steps or DEPTH_FACTOR * cfg.n_supervision
+    if cfg.model == "ar":  # one token-by-token pass writes a board: no steps to deepen or halt
+        max_steps, act = 1, False
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
     with torch.no_grad():
@@ -82,7 +84,7 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
     image = getattr(task, "image_shape", None) is not None
     if image:
         stats.update(image_quality(task, cfg, boards))
-    report = {"task": task.name, "model": "deterministic baseline" if cfg.deterministic else "GRAM",
+    report = {"task": task.name, "model": model_label(cfg),
               **stats, "mean_steps": float(traj.steps.mean()), "max_steps": max_steps,
               "temperature": temperature, "image": image,
               "best_of": best_of, "pick": pick_rule if best_of > 1 else None,

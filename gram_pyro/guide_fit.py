@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gram_pyro.build import programs, run_data
+from gram_pyro.build import model_label, programs, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
@@ -140,8 +140,8 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     with RunLock(run_dir, "gram fit-guide"):
         ckpt = load_checkpoint(run_dir)
         task, cfg, net = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt)
-        if cfg.deterministic:
-            raise UserError(f"{str(run_dir)!r} is the deterministic baseline: it has no latent "
+        if cfg.deterministic or cfg.model == "ar":
+            raise UserError(f"{str(run_dir)!r} is the {model_label(cfg)}: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
         model, guide = programs(net, cfg)
         x, y = run_data(task, cfg).train.pairs()

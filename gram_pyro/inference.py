@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gram_pyro.models.ar import ARModel
 from gram_pyro.models.gram import GramModel
 
 
@@ -100,6 +101,11 @@ def prior_rollouts(model: GramModel, x, num_samples: int, *, max_steps: int | No
     ``act``: False runs every trajectory for ``max_steps``; a :class:`HaltRule` (True: the
     default rule, :data:`ACT`) halts each on its own. ``temperature`` scales the prior's sigma
     (1: the trained model). Everything runs on the model's device.
+
+    The AR baseline (:class:`~gram_pyro.models.ar.ARModel`) runs through the same code: each
+    trajectory is one token-by-token sample (one step; ``max_steps`` and ``act`` do not apply),
+    and its value is the model's own confidence, the per-token geometric mean of its probability
+    of the answer, ``exp(log p(y | x) / A)`` (it has no LPRM).
     """
     rule = ACT if act is True else (act or None)
     x = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)
@@ -129,7 +135,21 @@ def _concat(parts: list[dict], sample_axis: bool) -> dict:
     return out
 
 
+def _sample_chunk(model, x, n, record, temperature):
+    """:func:`_rollout_chunk` for the AR baseline: n answers per input in one sampling pass."""
+    out = model(x, num_samples=n, temperature=temperature)
+    answers = out.answer.transpose(0, 1).cpu().numpy()
+    values = (out.log_prob / out.answer.shape[-1]).exp().transpose(0, 1).cpu().numpy()
+    ones = np.ones(values.shape, dtype=values.dtype)
+    return {"answers": answers, "values": values, "steps": ones.astype(np.int64),
+            "step_answers": answers[None] if record else None,
+            "step_values": values[None] if record else None,
+            "step_halts": ones[None] if record else None}
+
+
 def _rollout_chunk(model, x, n, max_steps, rule, record, temperature=1.0):
+    if isinstance(model, ARModel):
+        return _sample_chunk(model, x, n, record, temperature)
     state = None
     halted = torch.zeros(n, len(x), dtype=torch.bool, device=x.device)
     steps = torch.zeros(n, len(x), dtype=torch.long, device=x.device)

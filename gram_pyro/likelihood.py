@@ -37,7 +37,7 @@ import numpy as np
 import pyro
 import torch
 
-from gram_pyro.build import programs, resolve_device, run_data
+from gram_pyro.build import model_label, programs, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, ess, log_mean_exp, \
@@ -214,7 +214,8 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     model, guide = programs(net, cfg)
     pyro.set_rng_seed(seed)
     x, y = (torch.as_tensor(a, device=model.device) for a in (x, y))
-    shared = lambda: {"shared": SharedRecursion()}  # noqa: E731
+    ar = cfg.model == "ar"  # no latent variable: every weight is p(y | x), the estimate exact
+    shared = (lambda: {}) if ar else (lambda: {"shared": SharedRecursion()})  # noqa: E731
     start = time.perf_counter()
     est = estimate(model, guide, x, y, particles, chunk=chunk, make_kwargs=shared)
     iwae_seconds = time.perf_counter() - start
@@ -233,8 +234,9 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "task": task.name, "unconditional": task.unconditional, "split": split, "examples": n,
         "particles": particles,
         "quantity": "log p(x)" if task.unconditional else "log p(y | x)",
-        "model": "deterministic baseline" if cfg.deterministic else "GRAM",
-        "guide": (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps, held-out ELBO "
+        "model": model_label(cfg),
+        "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
+                 (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps, held-out ELBO "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),
@@ -252,7 +254,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "khat_share_reliable": float(np.mean(measured <= KHAT_RELIABLE)) if len(measured) else None,
         "lprm_factor": "off (the bounds are on the model without LPRM guidance)",
     }
-    if smc:
+    if smc and not ar:
         start = time.perf_counter()
         pyro.set_rng_seed(seed + 1)
         v, resampled = smc_estimate(model, guide, x, y, particles, n_steps=cfg.n_supervision,

@@ -91,12 +91,14 @@ class AttentionBlock(nn.Module):
         self.register_buffer("cos", angle.cos(), persistent=False)
         self.register_buffer("sin", angle.sin(), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
+        """``mask`` ``[L, L]`` bool (True: may attend), e.g. the AR baseline's prefix-causal mask;
+        None: every position sees every other (the recursion's blocks)."""
         *lead, L, D = x.shape
         q, k, v = self.qkv(x).view(*lead, L, 3, self.n_heads, D // self.n_heads).unbind(-3)
         q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # [..., heads, L, d_head]
         q, k = rotary(q, self.cos, self.sin), rotary(k, self.cos, self.sin)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(-2, -3).reshape(*lead, L, D)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(-2, -3).reshape(*lead, L, D)
         x = self.norm1(x + self.out(a))
         return self.norm2(x + self.ffn(x))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 from torch import nn
 
 from gram_pyro.recursion import SharedRecursion
@@ -113,3 +114,30 @@ class SupervisionStep(nn.Module):
             loss = loss + self.lprm_weight * lprm_loss
         return loss, {"prior_state": (prior.h, prior.l), "act": act_loss.detach(),
                       "lprm": lprm_loss.detach(), "prior_batch_acc": answer_ok.mean()}
+
+
+class LikelihoodStep(nn.Module):
+    """The AR baseline's training loss (``model=ar``), with :class:`SupervisionStep`'s call
+    signature so the trainer runs both: ``-log p(y | x)`` per example, the model's trace of the
+    observed answer (with its empty guide this is exactly ``Trace_ELBO``'s loss: maximum
+    likelihood). ``out`` reports it as ``recon``, and as ``posterior_acc`` the share of the batch
+    whose teacher-forced argmax answer is correct (the analogue of GRAM's y-conditioned
+    decoding). There is no state to carry: ``post_state`` is None."""
+
+    def __init__(self, model, task, *, precision: str = "fp32"):
+        super().__init__()
+        self.model, self.task = model, task
+        self.bf16 = precision == "bf16"
+
+    def forward(self, x, y, n: int = 0, post_state=None, prior_state=None, prior_states=()):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            trace = poutine.trace(self.model).get_trace(x, y)
+        loss = -trace.log_prob_sum() / x.shape[0]
+        with torch.no_grad():  # the argmax of every site's teacher-forced logits
+            guess = torch.stack([trace.nodes[f"y_{j}"]["fn"].logits.argmax(-1)
+                                 for j in range(y.shape[-1])], dim=-1)
+            ok = self.task.is_correct(x.cpu().numpy(), guess.cpu().numpy())
+        zero = torch.zeros((), device=x.device)
+        return loss, {"post_state": None, "recon": loss.detach(), "kl": {}, "kl_total": zero,
+                      "posterior_acc": torch.as_tensor(ok, dtype=torch.float32,
+                                                       device=x.device).mean()}

@@ -54,7 +54,7 @@ from gram_pyro.evaluate import validation_metrics
 from gram_pyro.recursion import transition_rules
 from gram_pyro.runlog import MetricsLog, peak_memory_mb, summarize
 from gram_pyro.schedule import Schedule
-from gram_pyro.supervision import SupervisionStep
+from gram_pyro.supervision import LikelihoodStep, SupervisionStep
 from gram_pyro.tasks import get_task
 
 
@@ -180,10 +180,13 @@ class Trainer:
         self.model, self.guide = programs(self.net, cfg)
         self.elbo = GramELBO(beta=cfg.beta, kl_balance=cfg.kl_balance)
         self.rules = transition_rules(cfg.objective, cfg.t_high)
-        step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules, self.task,
-                               act_weight=cfg.act_weight, lprm_weight=cfg.lprm_weight,
-                               n_supervision=cfg.n_supervision, precision=cfg.precision,
-                               joint_critic=cfg.joint_critic)
+        if cfg.model == "ar":  # the AR baseline: maximum likelihood, one step per batch
+            step = LikelihoodStep(self.model, self.task, precision=cfg.precision)
+        else:
+            step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules,
+                                   self.task, act_weight=cfg.act_weight,
+                                   lprm_weight=cfg.lprm_weight, n_supervision=cfg.n_supervision,
+                                   precision=cfg.precision, joint_critic=cfg.joint_critic)
         # DDP averages the gradients over the ranks in backward; find_unused_parameters because
         # the LPRM head (and, in the baseline, the Gaussian heads) get no loss on some steps
         self.step_loss = DistributedDataParallel(
