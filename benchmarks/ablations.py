@@ -14,7 +14,8 @@ defaults on 2,000 boards (validity, distinct valid boards). The paper's Table 3 
 
 What the paper's ordering predicts: full GRAM well above noise without a learned mean on
 N-Queens, and a mean without noise collapsing to one answer per input (coverage = one answer's
-share). The autoregressive baseline of issue #17 is not among the rows yet.
+share). The autoregressive baseline (``model=ar``, models/ar.py) is the last row: the same
+data, seeds and training minutes, sampled token by token.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ ROWS = {
     "TRM with a random z_0": (["z0=random"], True, None),
     "Looped TF": (["levels=1"], True, None),
     "stochastic guidance on a Looped TF": (["levels=1"], False, None),
+    "autoregressive Transformer (AR)": (["model=ar"], False, None),
 }
 PAPER_KEY = {"nqueens-8": "nqueens8", "sudoku-4-unconditional": "sudoku"}
 

@@ -100,7 +100,7 @@ def save_plots(run_dir, report, traj, part, task) -> list:
                         out / f"{tag}_coverage.png"),
              plots.save(plots.accuracy_by_step({"single sample": report["accuracy_by_step"]}),
                         out / f"{tag}_accuracy_by_step.png")]
-    if traj.step_values is not None:
+    if traj.step_values is not None and report.get("scorer", "LPRM") == "LPRM":
         m, n = traj.answers.shape[:2]
         ok = task.is_correct(np.repeat(part.inputs, n, axis=0), traj.answers.reshape(m * n, -1))
         paths.append(plots.save(plots.lprm_by_step(traj.step_values.reshape(len(traj.step_values), -1), ok),
@@ -145,13 +145,13 @@ def format_report(r: dict) -> str:
         f"samples each, {r['completions_per_input']:.2f} valid completions per input)",
         f"  sample accuracy (all trajectories): {100 * r['sample_accuracy']:.1f}%",
         f"  coverage@{n}: micro {100 * r['coverage_micro']:.1f}%, macro {100 * r['coverage_macro']:.1f}%",
-        "  selection           accuracy",
+        "  selection               accuracy",
     ]
     for method, acc in r["accuracy"].items():
         scorer = r.get("scorer", "LPRM")
         label = {"first": "single sample", "vote": "majority vote", "lprm": f"{scorer} best-of-N",
                  "weighted": f"{scorer}-weighted vote", "smc": "LPRM-guided SMC"}[method]
-        lines.append(f"    {label:<18} {100 * acc:6.1f}%")
+        lines.append(f"    {label:<22} {100 * acc:6.1f}%")
     if "smc" in r:
         lines.append(f"    (SMC: same N and steps as best-of-N; {r['smc']['resampling_events']} "
                      f"resampling events; particle coverage {100 * r['smc']['coverage_micro']:.1f}%)")
