@@ -82,11 +82,13 @@ PARTS = {"encoder": "backbone", "f_high": "backbone", "f_low": "backbone", "deco
          "blocks": "AR Transformer", "head": "AR Transformer", "(own)": "other"}
 
 
-def model_label(cfg: Config) -> str:
-    """What a run is, as every report names it."""
+def model_label(cfg: Config, objective: bool = False) -> str:
+    """What a run is, as every report names it; with ``objective``, GRAM's objective too."""
     if cfg.model == "ar":
         return "AR baseline"
-    return "deterministic baseline" if cfg.deterministic else "GRAM"
+    if cfg.deterministic:
+        return "deterministic baseline"
+    return f"GRAM ({cfg.objective})" if objective else "GRAM"
 
 
 def require_latent(cfg: Config, what: str) -> None:

@@ -381,8 +381,7 @@ def cmd_train(args) -> dict:
     if main:
         from gram_pyro.build import model_label
 
-        kind = model_label(trainer.cfg)
-        kind = f"GRAM ({trainer.cfg.objective})" if kind == "GRAM" else kind
+        kind = model_label(trainer.cfg, objective=True)
         n_params = sum(p.numel() for p in trainer.net.parameters())
         world = trainer.group.world_size
         ranks = f", {world} processes x {trainer.cfg.batch_size // world} examples per batch" \

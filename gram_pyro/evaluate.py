@@ -120,7 +120,7 @@ def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
     identical = float(np.mean([(flat[i] == flat[i, :1]).all() for i in range(m)]))
     out = {
         "task": task.name, "split": split, "inputs": int(m), "samples": int(n),
-        "model": f"GRAM ({cfg.objective})" if model_label(cfg) == "GRAM" else model_label(cfg),
+        "model": model_label(cfg, objective=True),
         # what ranks a trajectory for best-of-N: GRAM's LPRM, or the AR model's own probability
         "scorer": "p(y | x)" if cfg.model == "ar" else "LPRM",
         "sample_accuracy": cov["sample_accuracy"],
@@ -178,7 +178,6 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     correctness and mean LPRM value, most frequent first."""
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
-    act = act and cfg.model != "ar"
     x = task.parse_input(text)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)

@@ -64,8 +64,8 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
                         "with --unconditional")
     model, _ = programs(net, cfg)
     max_steps = max_steps or DEPTH_FACTOR * cfg.n_supervision
-    if cfg.model == "ar":  # one token-by-token pass writes a board: no steps to deepen or halt
-        max_steps, act = 1, False
+    if cfg.model == "ar":  # one token-by-token pass writes a board: no steps to deepen
+        max_steps = 1
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
     with torch.no_grad():
