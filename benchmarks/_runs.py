@@ -55,17 +55,22 @@ def finished_run(run: Path, cfg) -> bool:
     from dataclasses import asdict
 
     from gram_pyro.checkpoint import load_checkpoint
+    from gram_pyro.config import Config
     from gram_pyro.errors import UserError
+    from gram_pyro.schedule import Schedule
 
     if not (run / "checkpoint.pt").exists():
         return False
     try:
         ckpt = load_checkpoint(run)
-        stored = json.loads(ckpt["config"])
+        # through Config, so a run saved before a field existed compares with that field's
+        # default (which is what it trained with)
+        stored = asdict(Config.from_dict(json.loads(ckpt["config"])))
     except (UserError, KeyError, TypeError, ValueError):
         return False
-    wanted = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as stored
-    done = ckpt["step"] >= cfg.steps or ckpt["elapsed"] >= 60 * cfg.max_minutes
+    wanted = asdict(cfg)
+    # the trainer's own stopping rule, with the step horizon it had replanned to fit the clock
+    done = Schedule(cfg, ckpt.get("total_steps")).done(ckpt["step"], ckpt["elapsed"])
     return stored == wanted and done
 
 
