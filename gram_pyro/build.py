@@ -46,7 +46,10 @@ def build_net(task, cfg: Config, device="cpu") -> GramNet | ARNet:
     """The network of a config (GRAM's, or the AR baseline's with ``model=ar``), initialized on
     the CPU (from the CPU generator, so a seed gives the same weights on every device) and moved
     to ``device``."""
+    puzzles = task.puzzle_identities(cfg.data_options) if task.puzzle_slot else 0
     if cfg.model == "ar":
+        if puzzles:
+            raise UserError(f"the AR baseline has no puzzle embeddings; {task.name} runs are GRAM's")
         with torch.device("cpu"):
             net = ARNet(seq_len=task.seq_len, input_vocab=task.input_vocab,
                         answer_len=task.answer_len, answer_vocab=task.answer_vocab,
@@ -67,7 +70,7 @@ def build_net(task, cfg: Config, device="cpu") -> GramNet | ARNet:
                       sigma_floor=cfg.sigma_floor, init_sigma=cfg.init_sigma,
                       critic_layers=cfg.critic_layers,
                       links=task.links() if cfg.links else None, image_shape=image_shape,
-                      head_expansion=cfg.head_expansion, levels=cfg.levels)
+                      head_expansion=cfg.head_expansion, levels=cfg.levels, puzzles=puzzles)
     return net.to(resolve_device(device))
 
 
@@ -78,6 +81,7 @@ PARTS = {"encoder": "backbone", "f_high": "backbone", "f_low": "backbone", "deco
          "target_embed": "guide only (posterior heads, target embedding)",
          "critic": "critic (ACT and LPRM)", "halt_head": "critic (ACT and LPRM)",
          "lprm_head": "critic (ACT and LPRM)",
+         "puzzle_embed": "puzzle embeddings (one per puzzle and view)",
          "input_embed": "AR Transformer", "answer_embed": "AR Transformer",
          "blocks": "AR Transformer", "head": "AR Transformer", "(own)": "other"}
 
@@ -119,6 +123,10 @@ def describe(task, cfg: Config) -> dict:
     (backbone, the prior's Gaussian heads, the guide's, the critic), and the resolved config."""
     net = build_net(task, cfg)
     counts = parameter_counts(net)
+    puzzle = getattr(getattr(net, "encoder", None), "puzzle", None)
+    if puzzle is not None:  # ARC's per-identity table is data-sized, not the backbone's
+        counts["encoder"] -= puzzle.weight.numel()
+        counts["puzzle_embed"] = puzzle.weight.numel()
     parts: dict = {}
     for name, n in counts.items():
         part = PARTS.get(name, "other")

@@ -163,6 +163,9 @@ def add_subcommands(sub) -> None:
                    help=f"supervision-step budget, at most {MAX_STEPS}")
     add_act(p)
     p.add_argument("--limit", type=int_at_least(1), help="evaluate a seeded random subset of N inputs")
+    p.add_argument("--views", type=int_at_least(1),
+                   help="ARC: views per test input for pass@2, each with --samples trajectories "
+                        "(default: all the run's views)")
     p.add_argument("--seed", type=seed_type, default=0)
     add_device(p)
     p.add_argument("--json", action="store_true")
@@ -319,6 +322,12 @@ def print_data_stats(task, data) -> None:
     for name, s in data.stats().items():
         print(f"{name:<6} {s['inputs']:>8} {s['pairs']:>8} {s['completions_per_input_mean']:>11.2f} "
               f"{s['completions_per_input_max']:>5} {s['multi_solution_inputs']:>7}")
+    if "evaluation_tasks" in data.meta:  # ARC
+        print(f"ARC-AGI-{data.meta['version']} ({data.meta['source']}): "
+              f"{len(data.meta['training_tasks'])} training and {len(data.meta['evaluation_tasks'])} "
+              f"evaluation tasks that fit {data.meta['side']}x{data.meta['side']}, "
+              f"{data.meta['views']} views each; val = the evaluation tasks' demonstration pairs, "
+              "test = their test inputs")
     rated = {name: data.meta[name] for name in ("train", "val", "test")
              if isinstance(data.meta.get(name), dict) and "singles_rounds" in data.meta[name]}
     if rated:
@@ -411,7 +420,7 @@ def cmd_evaluate(args) -> dict:
     report, traj, part, task, chosen = evaluate_run(
         args.run_dir, samples=args.samples, split=args.split, max_steps=args.max_steps,
         act=args.act, limit=args.limit, seed=args.seed, select_method=args.select,
-        device=args.device)
+        device=args.device, arc_views=args.views)
     if args.dump:
         write_dump(args.dump, task, part, traj, chosen)
     report["plots"], note = save_plots_or_note(
@@ -429,7 +438,23 @@ def cmd_sample(args) -> dict:
 
     report = sample_puzzle(args.run_dir, args.puzzle, args.n, seed=args.seed,
                            max_steps=args.max_steps, act=args.act, device=args.device)
+    note = None
+    if report.get("arc"):  # the input, the samples and the vote in the ARC palette
+        from pathlib import Path
+
+        from gram_pyro import plots
+        from gram_pyro.tasks import get_task
+
+        x, answers, ranked, truth = report["arc"].pop("_figure")
+        task = get_task(report["task"])
+        fig = plots.arc_sample(task, x, answers, ranked, truth,
+                               title=f"{report['puzzle'].split()[0]}: samples and the vote")
+        saved, note = save_plots_or_note(
+            lambda: [plots.save(fig, Path(args.run_dir) / "arc_sample.png")], args.run_dir)
+        report["arc"]["plot"] = saved[0] if saved else None
     print(dump_json(report) if args.json else format_samples(report))
+    if report.get("arc") and not args.json:
+        print(f"  {note or 'plot: ' + report['arc']['plot']}")
     return report
 
 

@@ -122,6 +122,9 @@ class Config:
     joint_critic: bool = False
     act_weight: float = 1.0
     lprm_weight: float = 1.0
+    # the LPRM's loss against the trajectory's score r: "bce" on the value logit, or the paper's
+    # "squared" error (sigmoid(v) - r)^2 (the paper preset's); both are minimized by E[r | z_t]
+    lprm_loss: str = "bce"
     critic_fit_steps: int = 600
     critic_fit_inputs: int = 1024
     critic_fit_trajectories: int = 8
@@ -136,6 +139,9 @@ class Config:
     lr_schedule: str = "cosine"
     ema: float = 0.999
     augment: bool = True
+    # 0: a fresh augmentation of every training input each time it is drawn; N: one of N fixed
+    # augmentations per training input, or the input itself (TRM's pre-generated data set)
+    augment_pool: int = 0
     steps: int = 20_000
     max_minutes: float = 0.0
     precision: str = "fp32"  # or "bf16": autocast of the networks, probabilistic heads in float32
@@ -221,6 +227,7 @@ RANGES = {
     "batch_size": (1, 10 ** 6, False), "lr": (0, 10, True), "betas": (0, 0.999999, False),
     "weight_decay": (0, 1e3, False), "grad_clip": (0, 1e9, True),
     "warmup_steps": (0, 10 ** 9, False), "ema": (0, 0.999999, False),
+    "augment_pool": (0, 10 ** 9, False),
     "steps": (1, 10 ** 9, False), "max_minutes": (0, 1e6, False),  # 0: no time budget
     "eval_interval": (1, 10 ** 9, False), "eval_inputs": (1, 10 ** 8, False),
     "eval_samples": (1, 10_000, False), "checkpoint_minutes": (0, 1e6, False),
@@ -231,7 +238,7 @@ CHOICES = {
     "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
     "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
     "noise": ("learned", "zero_mean", "mean_only"), "decode": ("argmax", "sample"),
-    "z0": ("fixed", "random"), "model": ("gram", "ar"),
+    "z0": ("fixed", "random"), "model": ("gram", "ar"), "lprm_loss": ("bce", "squared"),
 }
 
 
@@ -280,16 +287,19 @@ PRESETS = {
     # at the core's width (4 D) would add 12.6M alone, so each is one SwiGLU MLP of width D
     # (head_expansion 1: 3.1M for the four), and the halt and value heads read token 0 linearly
     # as TRM's do (critic_layers 0); `gram train --preset paper --dry-run` prints the count.
+    # The LPRM is fitted by the paper's squared error, and each training input draws from a fixed
+    # pool of 1,000 augmentations of itself, as TRM's pre-generated data set does.
     "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
                   head_expansion=1.0, critic_layers=0, lr_schedule="constant", n_prefix=16,
                   k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
                   batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000, joint_critic=True,
-                  eval_interval=2000, eval_inputs=1024),
+                  lprm_loss="squared", augment_pool=1000, eval_interval=2000, eval_inputs=1024),
 }
 
 # the paper's beta per task (docs/design.md §7); small models need retuning
+# (the paper gives none for ARC: Sudoku's, the other single-answer grid task, is our choice)
 PAPER_BETA = {"sudoku": 0.1, "nqueens-8": 0.07, "nqueens-10": 0.045, "coloring-8": 0.5,
-              "coloring-10": 0.45, "sudoku-unconditional": 0.05}
+              "coloring-10": 0.45, "sudoku-unconditional": 0.05, "arc": 0.1}
 
 
 def _coerce(field: dataclasses.Field, text: str):
@@ -339,22 +349,24 @@ def make_config(preset: str = "cpu", overrides=(), **fields) -> Config:
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
-    family = str(fields.get("task") or Config.task).split("-")[0]
+    over = parse_overrides(overrides)
+    # the task, the model and the p(x) form as they will be (a --set wins over a field), for
+    # the defaults that depend on them; an explicit field or --set still overrides each default
+    given = {k: v for k, v in fields.items() if v is not None} | over
+    task = str(given.get("task", Config.task))
+    family = task.split("-")[0]
     if preset == "paper":
         if family == "sudoku":
             values.update(block="mixer", k_low=6)
-        key = "sudoku-unconditional" if family == "sudoku" and fields.get("unconditional") else \
-            (fields.get("task") or Config.task)
+        key = "sudoku-unconditional" if family == "sudoku" and given.get("unconditional") else task
         values["beta"] = PAPER_BETA.get(key, PAPER_BETA.get(family, Config.beta))
-    over = parse_overrides(overrides)
-    if over.get("model", fields.get("model")) == "ar":
+    if given.get("model") == "ar":
         # the AR baseline writes an answer in one sampling pass and has no critic to fit
         values.update(n_supervision=1, critic_fit_steps=0, block="attention", joint_critic=False)
     if family == "digits":
         # any binary image is "correct", so a critic fitted to predict correctness learns nothing
         values["critic_fit_steps"] = 0
-    values.update({k: v for k, v in fields.items() if v is not None})
-    values.update(over)
-    if str(values.get("task", Config.task)).split("-")[0] == "digits":
+    values.update(given)
+    if family == "digits":
         values["unconditional"] = True  # an image model has only the p(x) form
     return Config(**values).validate()

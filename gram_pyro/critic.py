@@ -35,6 +35,7 @@ from gram_pyro import metrics
 from gram_pyro.build import programs, require_latent, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.errors import UserError
+from gram_pyro.supervision import lprm_loss
 
 CRITIC_REPORT = "critic.json"
 
@@ -118,7 +119,8 @@ def score(net, pool: dict) -> dict:
 def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps: int = 600,
                batch_size: int = 256, lr: float = 1e-3, holdout: float = 0.1,
                eval_every: int = 50, seconds: float | None = None, seed: int = 0,
-               max_inputs: int | None = None, pool_mb: float = 1024, progress: bool = False) -> dict:
+               max_inputs: int | None = None, pool_mb: float = 1024, lprm_kind: str = "bce",
+               progress: bool = False) -> dict:
     """Fit ``model.net``'s critic in place on prior rollouts of ``inputs``; return a report.
 
     ``seconds`` bounds the whole fit: half of it at most for the rollouts, the rest for the
@@ -126,7 +128,8 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
     share of correct trajectories, the steps and seconds spent, and the held-out figures
     (:func:`score`) before and after. The pool of kept states is at most ``pool_mb`` MiB
     (fewer inputs are rolled out when it would be larger); ``max_inputs`` caps the inputs, a
-    seeded random subset.
+    seeded random subset. The LPRM is fitted by ``lprm_kind``'s loss (:func:`lprm_loss`); the
+    held-out figures, and the choice of the best weights, are BCEs whatever it is.
     """
     start = time.monotonic()
     net = model.net
@@ -161,7 +164,7 @@ def fit_critic(model, task, inputs: np.ndarray, *, trajectories: int = 8, steps:
         for done in range(1, steps + 1):
             idx = torch.as_tensor(gen.integers(0, len(states), batch_size), device=states.device)
             halt, value = net.judge(states[idx])
-            loss = (F.binary_cross_entropy_with_logits(value, lprm_t[idx])
+            loss = (lprm_loss(value, lprm_t[idx], lprm_kind)
                     + F.binary_cross_entropy_with_logits(halt, act_t[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,7 +203,8 @@ def fit_config_critic(model, task, cfg, train_inputs: np.ndarray, *, steps: int,
     report = fit_critic(model, task, pool, max_inputs=inputs,
                         trajectories=1 if cfg.deterministic else
                         (trajectories or cfg.critic_fit_trajectories),
-                        steps=steps, seconds=seconds, seed=seed, progress=progress)
+                        steps=steps, seconds=seconds, seed=seed, lprm_kind=cfg.lprm_loss,
+                        progress=progress)
     weights = {k: p.detach().cpu().clone() for k, p in critic_parameters(model.net).items()}
     return report, weights
 

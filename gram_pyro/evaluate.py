@@ -10,6 +10,8 @@ Every figure comes from PRIOR trajectories (the model never sees y). Reported:
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyro
 import torch
@@ -37,10 +39,11 @@ def validation_metrics(model, task, split, samples: int, *, seed: int) -> dict:
 
 def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: int | None = None,
                  act: bool = False, limit: int | None = None, seed: int = 0, select_method: str = "lprm",
-                 chunk_size: int | None = None, device: str = "cpu"):
+                 chunk_size: int | None = None, device: str = "cpu", arc_views: int | None = None):
     """Prior rollouts of a run on a split. Returns ``(report, trajectories, split, task,
     selected)``; with ``select_method="smc"`` the SMC particles replace the independent samples
-    in the trajectories handed back (the report has both)."""
+    in the trajectories handed back (the report has both). An ARC run's report adds the
+    protocol's pass@1 and pass@2 over ``arc_views`` views (default all) x ``samples``."""
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
     data = run_data(task, cfg)
@@ -67,6 +70,12 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     else:
         chosen = select(task, traj.answers, traj.values, select_method)
     report["selected_by"] = select_method
+    if task.puzzle_slot:  # ARC's official figure: pass@2 over views x trajectories
+        from gram_pyro.arc import arc_report
+
+        pyro.set_rng_seed(seed + 2)
+        arc = arc_report(model, task, part, views=arc_views, samples=samples, max_steps=max_steps)
+        report["arc"] = {k: v for k, v in arc.items() if k != "per_input"}
     return report, traj, part, task, chosen
 
 
@@ -169,6 +178,12 @@ def format_report(r: dict) -> str:
     lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}" + (" (ACT)" if r["act"] else ""))
     if "conflicts_per_sample" in r:
         lines.append(f"  conflict edges per sample: {r['conflicts_per_sample']:.2f}")
+    if "arc" in r:
+        a = r["arc"]
+        lines.append(f"  ARC protocol ({a['views']} views x {a['samples']} trajectories, mapped back "
+                     f"and voted): pass@2 {100 * a['pass@2']:.1f}%, pass@1 {100 * a['pass@1']:.1f}% "
+                     f"(mean over {a['tasks']} tasks; per input: pass@2 "
+                     f"{100 * a['pass@2_inputs']:.1f}%)")
     return "\n".join(lines)
 
 
@@ -178,6 +193,8 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     correctness and mean LPRM value, most frequent first."""
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
+    if task.puzzle_slot:  # ARC: the run's puzzles and their known outputs
+        run_data(task, cfg)
     x = task.parse_input(text)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
@@ -195,11 +212,29 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
                          "correct": bool(correct[idx[0]]), "lprm": float(values[idx].mean()),
                          "board": task.render(a, x)})
     solutions = task.solve(x, cap=1000)
-    return {"task": task.name, "puzzle": task.format_input(x), "samples": n,
-            "model": model_label(cfg),
-            "valid_completions": int(len(solutions)),
-            "distinct_correct": sum(d["correct"] for d in distinct),
-            "mean_steps": float(traj.steps.mean()), "answers": distinct}
+    report = {"task": task.name, "puzzle": task.format_input(x), "samples": n,
+              "model": model_label(cfg),
+              "valid_completions": int(len(solutions)),
+              "distinct_correct": sum(d["correct"] for d in distinct),
+              "mean_steps": float(traj.steps.mean()), "answers": distinct}
+    if task.puzzle_slot:
+        report["arc"] = _arc_vote(model, task, x, n, answers, solutions, max_steps)
+    return report
+
+
+def _arc_vote(model, task, x, n: int, answers, solutions, max_steps) -> dict:
+    """The ARC protocol on one input: ``n`` trajectories on each of the puzzle's views, mapped
+    back and voted (:mod:`gram_pyro.arc`); the top two grids, and what a figure needs."""
+    from gram_pyro.arc import pass_at_k, predict
+    from gram_pyro.tasks.arc import decode_grid
+
+    ranked = predict(model, task, x[None], samples=n, max_steps=max_steps)[0]
+    truths = [decode_grid(s, task.side) for s in solutions]
+    top = [{"grid": json.dumps(g.tolist(), separators=(",", ":")), "votes": c,
+            "correct": pass_at_k([(g, w, c)], truths, 1)} for g, w, c in ranked[:2]]
+    return {"views": task.views, "trajectories": task.views * n, "top2": top,
+            "pass@2": pass_at_k(ranked, truths, 2) if truths else None,
+            "_figure": (x, answers[:10], ranked, truths[0] if truths else None)}
 
 
 def format_samples(r: dict) -> str:
@@ -209,4 +244,13 @@ def format_samples(r: dict) -> str:
     for d in r["answers"]:
         lines.append(f"\n{d['count']} x  {'correct' if d['correct'] else 'WRONG'}  "
                      f"LPRM {d['lprm']:.2f}\n{d['board']}")
+    if r.get("arc"):
+        a = r["arc"]
+        known = "" if a["pass@2"] is None else \
+            f": pass@2 {'yes' if a['pass@2'] else 'no'}"
+        lines.append(f"\nthe vote over {a['views']} views x {r['samples']} trajectories "
+                     f"(mapped back to the puzzle){known}")
+        for k, t in enumerate(a["top2"]):
+            lines.append(f"  #{k + 1}: {t['votes']} votes  "
+                         f"{'correct' if t['correct'] else 'wrong'}  {t['grid']}")
     return "\n".join(lines)

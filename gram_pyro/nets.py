@@ -102,6 +102,24 @@ class AttentionBlock(nn.Module):
         x = self.norm1(x + self.out(a))
         return self.norm2(x + self.ffn(x))
 
+    def extend(self, x, cache, mask):
+        """:meth:`forward` for positions ``start .. start + n - 1`` only, ``x`` ``[..., n, D]``,
+        given ``cache = (k, v)`` of positions ``0 .. start - 1`` (None: start = 0) and the full
+        ``mask``. Returns the outputs and the cache extended by them: incremental decoding (a
+        KV cache), exact when no earlier position attends to a later one under ``mask``."""
+        *lead, n, D = x.shape
+        start = 0 if cache is None else cache[0].shape[-2]
+        q, k, v = self.qkv(x).view(*lead, n, 3, self.n_heads, D // self.n_heads).unbind(-3)
+        q, k, v = (t.transpose(-2, -3) for t in (q, k, v))
+        cos, sin = self.cos[start:start + n], self.sin[start:start + n]
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=-2), torch.cat([cache[1], v], dim=-2)
+        rows = mask[start:start + n, :start + n]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=rows).transpose(-2, -3).reshape(*lead, n, D)
+        x = self.norm1(x + self.out(a))
+        return self.norm2(x + self.ffn(x)), (k, v)
+
 
 class RecursiveNet(nn.Module):
     """A stack of blocks; used as f_low and f_high (the same instance when weights are shared)."""
@@ -129,10 +147,19 @@ class Encoder(nn.Module):
     position p also adds ``sum_f E_f[x[links[p, f]]] * sqrt(D / F)``, one embedding table per
     slot f, over its linked positions (-1: none): a colouring node sees its adjacency row, a
     Sudoku cell its peers' givens. The input format is unchanged; only the encoder reads more.
+
+    With ``puzzles`` > 0 (ARC), ``x[..., 0]`` is a puzzle identity, not a token: it reads as a
+    blank, and prefix token 0 adds that identity's learned embedding (TRM's puzzle embedding,
+    one D-vector per identity, zero at the start).
     """
 
-    def __init__(self, vocab: int, seq_len: int, d_model: int, n_prefix: int, links=None):
+    def __init__(self, vocab: int, seq_len: int, d_model: int, n_prefix: int, links=None,
+                 puzzles: int = 0):
         super().__init__()
+        self.puzzle = None
+        if puzzles:
+            self.puzzle = nn.Embedding(puzzles, d_model)
+            nn.init.zeros_(self.puzzle.weight)
         self.scale = math.sqrt(d_model)
         self.embed = nn.Embedding(vocab, d_model)
         self.prefix = nn.Parameter(torch.randn(n_prefix, d_model) / self.scale)
@@ -150,11 +177,18 @@ class Encoder(nn.Module):
             self.link_scale = math.sqrt(d_model / slots)
 
     def forward(self, x):
+        identity = None
+        if self.puzzle is not None:
+            identity = x[..., 0]
+            x = torch.cat([torch.zeros_like(x[..., :1]), x[..., 1:]], dim=-1)
         tokens = self.embed(x) * self.scale
         if self.link_embed is not None:
             linked = self.link_embed(x[..., self.links] + self.slot_offset) * self.link_mask
             tokens = tokens + linked.sum(-2) * self.link_scale
         prefix = self.prefix.expand(*x.shape[:-1], *self.prefix.shape) * self.scale
+        if identity is not None:
+            first = prefix[..., :1, :] + self.puzzle(identity)[..., None, :] * self.scale
+            prefix = torch.cat([first, prefix[..., 1:, :]], dim=-2)
         return torch.cat([prefix, tokens], dim=-2) + self.pos
 
 
@@ -220,12 +254,13 @@ class GramNet(nn.Module):
         links: the task's structure links for the encoder (see :class:`Encoder`), or None.
         image_shape: ``(H, W)`` of an image task whose answer q reads through the convolutional
             :class:`ConvStem` instead of a per-pixel target embedding (``stem=conv``), or None.
+        puzzles: the puzzle identities of a task with a puzzle slot (ARC; see :class:`Encoder`).
     """
 
     def __init__(self, *, seq_len, input_vocab, answer_len, answer_vocab, answer_offset=0,
                  d_model=64, n_layers=2, block="mixer", n_heads=4, expansion=2.0,
                  share_core=True, n_prefix=1, sigma_floor=1e-3, init_sigma=1.0, critic_layers=1,
-                 links=None, image_shape=None, head_expansion=None, levels=2):
+                 links=None, image_shape=None, head_expansion=None, levels=2, puzzles=0):
         super().__init__()
         head_expansion = head_expansion or expansion
         self.levels = levels
@@ -233,7 +268,7 @@ class GramNet(nn.Module):
         self.answer_len, self.answer_vocab = answer_len, answer_vocab
         self.answer_start = n_prefix + answer_offset
         total = n_prefix + seq_len
-        self.encoder = Encoder(input_vocab, seq_len, d_model, n_prefix, links)
+        self.encoder = Encoder(input_vocab, seq_len, d_model, n_prefix, links, puzzles)
         self.f_high = RecursiveNet(total, d_model, n_layers, expansion, block, n_heads)
         self.f_low = self.f_high if share_core else RecursiveNet(total, d_model, n_layers,
                                                                  expansion, block, n_heads)

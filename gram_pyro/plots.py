@@ -149,3 +149,50 @@ def _sudoku_bad_cells(grid: np.ndarray) -> np.ndarray:
             if (grid[r] == d).sum() > 1 or (grid[:, c] == d).sum() > 1 or (box == d).sum() > 1:
                 bad[r, c] = 1.0
     return bad
+
+
+def arc_grids(panels, cols: int = 6, title=None):
+    """ARC grids in the standard ARC palette: ``panels`` is a list of ``(label, grid or None)``
+    (None: the answer holds no well-formed grid)."""
+    from matplotlib.colors import ListedColormap
+
+    from gram_pyro.tasks.arc import COLOURS, PALETTE
+
+    cmap = ListedColormap(PALETTE)
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False,
+                             constrained_layout=True)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(panels):
+            ax.axis("off")
+            continue
+        label, grid = panels[i]
+        ax.set_title(label, fontsize=8)
+        if grid is None:
+            ax.text(0.5, 0.5, "no grid", ha="center", va="center", fontsize=8)
+            continue
+        grid = np.asarray(grid)
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=COLOURS - 1, interpolation="nearest")
+        h, w = grid.shape
+        for k in range(h + 1):
+            ax.axhline(k - 0.5, color="#555555", lw=0.4)
+        for k in range(w + 1):
+            ax.axvline(k - 0.5, color="#555555", lw=0.4)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def arc_sample(task, row, answers, ranked, truth=None, cols: int = 6, title=None):
+    """One ARC test input: the input grid, the samples (decoded, on the puzzle itself), the two
+    grids the vote ranks first (with their votes) and, when known, the task's output."""
+    from gram_pyro.tasks.arc import decode_grid
+
+    panels = [("input", decode_grid(np.asarray(row)[1:], task.side))]
+    panels += [(f"sample {i + 1}", decode_grid(a, task.side)) for i, a in enumerate(answers)]
+    panels += [(f"vote #{k + 1} ({c} votes)", g) for k, (g, _, c) in enumerate(ranked[:2])]
+    if truth is not None:
+        panels.append(("the task's output", truth))
+    return arc_grids(panels, cols=cols, title=title)

@@ -4,8 +4,10 @@ Supervision step n of a training batch (docs/design.md §4, :mod:`gram_pyro.trai
     ELBO:  the model against the guide for step n, from the posterior chain's state (elbo.py);
     prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
     ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;
-    LPRM:  mean over n' of BCE(v(h_n'), r), r = task.score of the chain's final prior answer
-           (1 exactly when it is correct; Sudoku gives partial credit), on the last step only (the LPRM head gets no loss, and no gradient, before it);
+    LPRM:  mean over n' of BCE(v(h_n'), r), or the paper's (sigmoid(v(h_n')) - r)^2 with
+           ``lprm_loss="squared"`` (:func:`lprm_loss`), r = task.score of the chain's final
+           prior answer (1 exactly when it is correct; Sudoku gives partial credit), on the last
+           step only (the LPRM head gets no loss, and no gradient, before it);
     loss = -surrogate + act_weight * ACT + lprm_weight * LPRM     (each a mean over the batch).
 
 The module's parameters are the net's own Parameter objects, so the optimizer steps
@@ -28,6 +30,18 @@ from torch import nn
 from gram_pyro.recursion import SharedRecursion
 
 
+def lprm_loss(value_logits: torch.Tensor, score: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The LPRM's mean loss of value logits v against trajectory scores r in [0, 1]: BCE on the
+    logit ("bce"), or the paper's squared error of the value, (sigmoid(v) - r)^2 ("squared").
+    Both are minimized by sigmoid(v) = E[r | state]; BCE's gradient in v does not vanish where
+    the sigmoid saturates on the wrong side."""
+    if kind == "squared":
+        return (torch.sigmoid(value_logits) - score).square().mean()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(value_logits, score)
+    raise ValueError(f"unknown LPRM loss {kind!r}")
+
+
 class SupervisionStep(nn.Module):
     """``forward(x, y, n, post_state, prior_state, prior_states) -> (loss, out)``.
 
@@ -35,6 +49,7 @@ class SupervisionStep(nn.Module):
         net: the :class:`~gram_pyro.nets.GramNet`; model, guide: its programs; elbo: a
             :class:`~gram_pyro.elbo.GramELBO`; rules: the objective's transition rules.
         task: judges the prior chain's answers. act_weight, lprm_weight: the auxiliary weights.
+        lprm_kind: the LPRM's loss, "bce" or "squared" (:func:`lprm_loss`).
         n_supervision: N_sup (the LPRM loss comes on step N_sup - 1). precision: "fp32"/"bf16".
 
     Call arguments: the batch ``x, y``; the step ``n``; the detached states the posterior and
@@ -44,9 +59,9 @@ class SupervisionStep(nn.Module):
 
     def __init__(self, net, model, guide, elbo, rules, task, *, act_weight: float,
                  lprm_weight: float, n_supervision: int, precision: str = "fp32",
-                 joint_critic: bool = True):
+                 joint_critic: bool = True, lprm_kind: str = "bce"):
         super().__init__()
-        self.joint_critic = joint_critic
+        self.joint_critic, self.lprm_kind = joint_critic, lprm_kind
         self.net = net
         self.model, self.guide, self.elbo, self.rules, self.task = model, guide, elbo, rules, task
         self.act_weight, self.lprm_weight = act_weight, lprm_weight
@@ -105,15 +120,14 @@ class SupervisionStep(nn.Module):
                 halt_logit, _ = net.judge(prior.h)
         act_loss = F.binary_cross_entropy_with_logits(halt_logit, answer_ok)
         loss = self.act_weight * act_loss
-        lprm_loss = torch.zeros((), device=x.device)
+        lprm = torch.zeros((), device=x.device)
         if last:
             score = self.task.score(x.cpu().numpy(), prior.logits.argmax(-1).cpu().numpy())
             score = torch.as_tensor(score, dtype=torch.float32, device=x.device)
-            lprm_loss = F.binary_cross_entropy_with_logits(value_logits,
-                                                           score.expand_as(value_logits))
-            loss = loss + self.lprm_weight * lprm_loss
+            lprm = lprm_loss(value_logits, score.expand_as(value_logits), self.lprm_kind)
+            loss = loss + self.lprm_weight * lprm
         return loss, {"prior_state": (prior.h, prior.l), "act": act_loss.detach(),
-                      "lprm": lprm_loss.detach(), "prior_batch_acc": answer_ok.mean()}
+                      "lprm": lprm.detach(), "prior_batch_acc": answer_ok.mean()}
 
 
 class LikelihoodStep(nn.Module):

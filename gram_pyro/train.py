@@ -186,7 +186,8 @@ class Trainer:
             step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules,
                                    self.task, act_weight=cfg.act_weight,
                                    lprm_weight=cfg.lprm_weight, n_supervision=cfg.n_supervision,
-                                   precision=cfg.precision, joint_critic=cfg.joint_critic)
+                                   precision=cfg.precision, joint_critic=cfg.joint_critic,
+                                   lprm_kind=cfg.lprm_loss)
         # DDP averages the gradients over the ranks in backward; find_unused_parameters because
         # the LPRM head (and, in the baseline, the Gaussian heads) get no loss on some steps
         self.step_loss = DistributedDataParallel(
@@ -375,9 +376,24 @@ class Trainer:
         idx = self.sampler.next()
         x, y = self.x_train[idx], self.y_train[idx]
         if self.cfg.augment:
-            x, y = self.task.augment(x, y, self.rng)
+            x, y = self.augment(idx, x, y)
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long, device=self.device)  # noqa: E731
         return as_t(x), as_t(y)
+
+    def augment(self, idx: np.ndarray, x: np.ndarray, y: np.ndarray):
+        """The task's augmentation of training inputs ``idx`` (``x, y``). With ``augment_pool``
+        N, each example is one of N + 1 fixed images of itself drawn uniformly: itself, or the
+        augmentation seeded by (data_seed, index, k) for k in 1..N, as a data set that holds N
+        pre-generated augmentations per input would give (TRM's)."""
+        pool = self.cfg.augment_pool
+        if not pool:
+            return self.task.augment(x, y, self.rng)
+        x, y = x.copy(), y.copy()
+        picks = self.rng.integers(0, pool + 1, len(idx))
+        for i in np.flatnonzero(picks):
+            fixed = np.random.default_rng((self.cfg.data_seed, int(idx[i]), int(picks[i])))
+            x[i:i + 1], y[i:i + 1] = self.task.augment(x[i:i + 1], y[i:i + 1], fixed)
+        return x, y
 
     def train_batch(self) -> list[dict]:
         """All supervision steps of one batch; one optimizer step each. Returns their logs, whose

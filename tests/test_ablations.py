@@ -8,6 +8,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 
 from gram_pyro.build import build_net, describe, parameter_counts, programs
@@ -166,3 +167,62 @@ def test_one_level_is_the_looped_transformer_at_equal_core_calls():
     assert torch.allclose(u, expected)
     model, _ = programs(net, cfg)
     assert prior_rollouts(model, x.numpy(), 2).answers.shape == (2, 2, 25)
+
+
+def test_the_squared_lprm_loss_is_the_papers_and_shares_bces_minimizer():
+    from gram_pyro.supervision import lprm_loss
+
+    v, r = torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([0.0, 0.25, 1.0])
+    assert torch.allclose(lprm_loss(v, r, "squared"), ((torch.sigmoid(v) - r) ** 2).mean())
+    assert torch.allclose(lprm_loss(v, r, "bce"), F.binary_cross_entropy_with_logits(v, r))
+    grid = torch.linspace(-6, 6, 2401)
+    for kind in ("bce", "squared"):  # both are minimized by the value sigmoid(v) = r
+        losses = torch.stack([lprm_loss(g.expand(1), torch.tensor([0.25]), kind) for g in grid])
+        assert abs(torch.sigmoid(grid[losses.argmin()]).item() - 0.25) < 0.01
+    with pytest.raises(ValueError, match="unknown LPRM loss"):
+        lprm_loss(v, r, "hinge")
+    with pytest.raises(UserError, match="lprm_loss must be one of"):
+        tiny_config("nqueens-5", ["lprm_loss=hinge"])
+
+
+def test_the_joint_critic_is_trained_with_the_configured_lprm_loss(tmp_path):
+    logs = {}
+    for kind in ("bce", "squared"):
+        cfg = tiny_config("nqueens-5", ["joint_critic=true", f"lprm_loss={kind}", "steps=2",
+                                        "eval_interval=1", "critic_fit_steps=0"])
+        trainer = Trainer(cfg, tmp_path / kind, progress=False)
+        logs[kind] = trainer.train_batch()[-1]["lprm"]
+    # the same seed and batch: the same values, judged by two losses (squared error is at most 1)
+    assert 0 <= logs["squared"] <= 1 and logs["squared"] != pytest.approx(logs["bce"])
+
+
+def _pooled_images(pool: int, tmp_path, seed: int = 0, draws: int = 60):
+    cfg = tiny_config("sudoku-4", [f"augment_pool={pool}"], seed=seed)
+    trainer = Trainer(cfg, tmp_path / f"pool{pool}-seed{seed}", progress=False)
+    idx = np.zeros(draws, dtype=np.int64)  # the same training input, drawn again and again
+    x, y = trainer.augment(idx, trainer.x_train[idx], trainer.y_train[idx])
+    return trainer, x, y
+
+
+def test_augment_pool_draws_each_input_from_a_fixed_set_of_its_images(tmp_path):
+    trainer, x, y = _pooled_images(2, tmp_path)
+    task = trainer.task
+    assert task.is_correct(x, y).all()  # every image is a valid puzzle with its answer
+    images = {(a.tobytes(), b.tobytes()) for a, b in zip(x, y)}
+    original = (trainer.x_train[0].astype(np.int64).tobytes(),
+                trainer.y_train[0].astype(np.int64).tobytes())
+    assert len(images) == 3 and original in images  # itself and its two augmentations
+    # the pool belongs to the data (data_seed), not to the training seed
+    _, x2, y2 = _pooled_images(2, tmp_path, seed=1)
+    assert {(a.tobytes(), b.tobytes()) for a, b in zip(x2, y2)} == images
+    _, x0, y0 = _pooled_images(0, tmp_path)  # online: a fresh image nearly every time
+    assert len({(a.tobytes(), b.tobytes()) for a, b in zip(x0, y0)}) > 10
+
+
+def test_the_paper_preset_fits_the_lprm_by_squared_error_on_a_pool_of_1000_augmentations():
+    from gram_pyro.config import make_config
+
+    cfg = make_config("paper", task="sudoku-9")
+    assert cfg.lprm_loss == "squared" and cfg.augment_pool == 1000
+    cpu = make_config("cpu", task="sudoku-9")
+    assert cpu.lprm_loss == "bce" and cpu.augment_pool == 0

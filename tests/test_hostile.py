@@ -164,6 +164,10 @@ def test_cli_numbers_are_bounded(capsys, tmp_path, tiny_run, argv, fragment):
     ("coloring-5", "graphs=1e12", "takes a whole number"),
     ("sudoku-4", "per_grid=-3", "must lie in"),
     ("sudoku-4", "max_givens=99", "max_givens"),
+    ("arc-1-10", "views=0", "views must be at least 1"),
+    ("arc-1-10", "eval_tasks=-1", "must lie in"),
+    ("arc-1-10", "training_set=maybe", "true or false"),
+    ("arc-1-10", "path=/no/such/folder", "no ARC data folder"),
 ])
 def test_data_options_are_checked_and_degenerate_splits_refused(capsys, task, option, fragment):
     refused(capsys, ["data", "--task", task, "--data", option], fragment)
@@ -567,3 +571,13 @@ def test_config_validation_accepts_the_presets():
             assert Config.from_dict(json.loads(cfg.to_json())) == cfg
     assert math.isfinite(make_config("cpu", ["max_minutes=0"]).max_minutes)
     assert np.isfinite(make_config("cpu", ["lr=1e-4"]).lr)
+
+
+def test_task_dependent_defaults_follow_the_task_however_it_is_given():
+    # --task and --set task= give the same config: a digits run is p(x) with no critic fit,
+    # and the paper preset's beta is the task's own
+    for cfg in (make_config("cpu", task="digits-8"), make_config("cpu", ["task=digits-8"])):
+        assert cfg.unconditional is True and cfg.critic_fit_steps == 0
+    assert make_config("paper", ["task=nqueens-10"]).beta == make_config("paper", task="nqueens-10").beta
+    assert make_config("paper", ["task=sudoku-9", "unconditional=true"]).beta == 0.05
+    assert make_config("cpu", ["model=ar"], task="nqueens-8").n_supervision == 1

@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 FIGURES = {"01_trajectories": ["01_stock_svi.png", "01_boards_by_step.png", "01_kl_lprm_diversity.png", "01_pca_paths.png"],
            "02_likelihood": ["02_iwae_vs_k.png", "02_fitted_guide.png", "02_logpx_real_vs_corrupt.png"],
            "03_generation": ["03_generated_grids.png", "03_coverage_vs_samples.png"],
-           "04_images": ["04_samples_vs_real.png", "04_posterior_trajectory.png", "04_iwae_vs_k.png"]}
+           "04_images": ["04_samples_vs_real.png", "04_posterior_trajectory.png", "04_iwae_vs_k.png"],
+           "05_arc": ["05_arc_vote.png"]}
 
 
 def test_every_notebook_is_listed_and_stripped():
@@ -31,7 +32,7 @@ def test_notebook_runs_in_small_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("GRAM_FIGURES", str(tmp_path / "figures"))
     monkeypatch.setenv("GRAM_NOTEBOOK_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    for var in ("GRAM_RUN", "GRAM_RUN_UNCONDITIONAL", "GRAM_RUN_IMAGES"):
+    for var in ("GRAM_RUN", "GRAM_RUN_UNCONDITIONAL", "GRAM_RUN_IMAGES", "GRAM_RUN_ARC"):
         monkeypatch.delenv(var, raising=False)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",

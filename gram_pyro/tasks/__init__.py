@@ -17,6 +17,10 @@ _FAMILIES = {
     "sudoku": ("gram_pyro.tasks.sudoku", "Sudoku", (4, 9)),
     "coloring": ("gram_pyro.tasks.coloring", "Coloring", range(4, 13)),
     "digits": ("gram_pyro.tasks.digits", "Digits", (8, 14, 28)),  # images; 8 is built in
+    # ARC-AGI: arc-1 and arc-2 are the 30x30 encoding; arc-1-S the tasks that fit S x S
+    "arc": ("gram_pyro.tasks.arc", "Arc", (1, 2)),
+    "arc-1": ("gram_pyro.tasks.arc", "arc1", (8, 10, 12, 15, 20)),
+    "arc-2": ("gram_pyro.tasks.arc", "arc2", (8, 10, 12, 15, 20)),
 }
 
 

@@ -178,6 +178,13 @@ class Task(ABC):
     answer_vocab: int
     answer_offset: int = 0
     unconditional: bool = False
+    # input position 0 holds a puzzle identity, not a token (ARC): the encoder learns an
+    # embedding per identity, :meth:`puzzle_identities` of them
+    puzzle_slot: bool = False
+
+    def puzzle_identities(self, options: dict | None = None) -> int:
+        """How many puzzle identities a dataset with ``options`` has (0: no puzzle slot)."""
+        return 0
 
     # -- text formats -------------------------------------------------------------------------
     @abstractmethod
@@ -332,7 +339,8 @@ class Task(ABC):
             s = data.split(name)
             if s.inputs.shape[1:] != (self.seq_len,) or s.completions.shape[1:] != (self.answer_len,):
                 return f"its {name} split has the wrong shape"
-            if len(s.inputs) and not (0 <= s.inputs.min() and s.inputs.max() < self.input_vocab):
+            tokens = s.inputs[:, 1:] if self.puzzle_slot else s.inputs
+            if tokens.size and not (0 <= tokens.min() and tokens.max() < self.input_vocab):
                 return f"its {name} inputs hold tokens outside the task's vocabulary"
             if len(s.completions) and not (0 <= s.completions.min()
                                            and s.completions.max() < self.answer_vocab):
