@@ -9,7 +9,9 @@ token, and a Markov window would declare independences the model does not have.)
 The network is a prefix language model over ``[x_1 .. x_L, BOS, y_1 .. y_{A-1}]``: the input
 positions see one another, and answer position j sees the whole input and the answer tokens
 before it (:func:`prefix_causal_mask`), so one pass gives the logits of every position under
-teacher forcing (training, likelihoods), and sampling runs A passes. It uses GRAM's signature
+teacher forcing (training, likelihoods). Sampling decodes incrementally: the input once, then
+one new position per token, attending to the cached keys and values of the earlier ones
+(:meth:`ARNet.start`, :meth:`ARNet.advance`; the same logits as a full pass). It uses GRAM's signature
 and plates (``trajectories`` at dim -2 over samples, ``batch`` at dim -1 over inputs), so the
 rollout, evaluation and generation code judge it with the same checker.
 """
@@ -67,6 +69,30 @@ class ARNet(nn.Module):
         with float32(e):
             return self.head(e[..., self.seq_len:, :].float())
 
+    def start(self, x, shape):
+        """Incremental decoding: the input and BOS through every block, ``x`` broadcast to
+        ``shape``. Returns the logits of y_1 ``[*shape, V]`` and the blocks' caches."""
+        x = x.expand(*shape, x.shape[-1])
+        bos = x.new_full((*shape, 1), self.answer_vocab)
+        e = torch.cat([self.input_embed(x), self.answer_embed(bos)], dim=-2) * self.scale \
+            + self.pos[:self.seq_len + 1]
+        return self._extend(e, [None] * len(self.blocks))
+
+    def advance(self, token, caches):
+        """The next answer token ``[*shape]`` through every block, with the caches of the earlier
+        positions; the logits of the token after it, and the extended caches."""
+        position = caches[0][0].shape[-2]
+        e = self.answer_embed(token[..., None]) * self.scale + self.pos[position:position + 1]
+        return self._extend(e, caches)
+
+    def _extend(self, e, caches):
+        out = []
+        for block, cache in zip(self.blocks, caches):
+            e, cache = block.extend(e, cache, self.mask)
+            out.append(cache)
+        with float32(e):
+            return self.head(e[..., -1, :].float()), out
+
 
 class ARSample(NamedTuple):
     """What a run of :class:`ARModel` returns: the answer ``[..., A]`` (the observed y, or the
@@ -108,10 +134,12 @@ class ARModel(nn.Module):
                     token = pyro.sample(f"y_{j}", step, obs=y[..., j])
                     log_prob = log_prob + step.log_prob(token)
                 return ARSample(y.expand(*shape, y.shape[-1]), log_prob)
-            answer = torch.zeros(*shape, net.answer_len, dtype=torch.long, device=x.device)
+            tokens = []
+            logits, caches = net.start(x, shape)  # a KV cache: one new position per token
             for j in range(net.answer_len):
-                logits = net(x, answer)[..., j, :]
                 token = pyro.sample(f"y_{j}", dist.Categorical(logits=logits / temperature))
                 log_prob = log_prob + dist.Categorical(logits=logits).log_prob(token)
-                answer = torch.cat([answer[..., :j], token[..., None], answer[..., j + 1:]], -1)
-        return ARSample(answer, log_prob)
+                tokens.append(token)
+                if j + 1 < net.answer_len:
+                    logits, caches = net.advance(token, caches)
+        return ARSample(torch.stack(tokens, dim=-1), log_prob)

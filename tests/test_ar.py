@@ -72,6 +72,23 @@ def test_the_program_has_one_categorical_site_per_answer_token_under_the_plates(
     assert torch.equal(out.answer, torch.stack([trace.nodes[s]["value"] for s in sites], -1))
 
 
+def test_incremental_decoding_gives_the_full_pass_logits_and_log_prob():
+    task, cfg, net, model, _ = _ar(extra=["n_layers=2"])
+    x = torch.as_tensor(task.build().test.inputs[:3])
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        out = model(x, num_samples=4)  # sampled through the KV cache
+        full = net(x, out.answer)  # one teacher-forced pass over the drawn answer
+        logits, caches = net.start(x, (4, 3))
+        steps = [logits]
+        for j in range(task.answer_len - 1):
+            logits, caches = net.advance(out.answer[..., j], caches)
+            steps.append(logits)
+        teacher = torch.distributions.Categorical(logits=full).log_prob(out.answer).sum(-1)
+    assert torch.allclose(torch.stack(steps, dim=-2), full, atol=1e-4)
+    assert torch.allclose(out.log_prob, teacher, atol=1e-4)
+
+
 def test_the_loss_is_maximum_likelihood_trace_elbo_with_the_empty_guide():
     task, cfg, net, model, guide = _ar()
     x, y = (torch.as_tensor(a[:4]) for a in task.build().train.pairs())
