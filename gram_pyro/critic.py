@@ -35,7 +35,6 @@ from gram_pyro import metrics
 from gram_pyro.build import programs, require_latent, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.errors import UserError
-from gram_pyro.supervision import lprm_loss
 
 CRITIC_REPORT = "critic.json"
 
@@ -85,6 +84,18 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
     step_ok = torch.cat(step_ok)
     return {"states": torch.cat(states), "step_ok": step_ok, "final_ok": step_ok[..., -1],
             "final_score": torch.cat(scores)}
+
+
+def lprm_loss(value_logits: torch.Tensor, score: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The LPRM's mean loss of value logits v against trajectory scores r in [0, 1]: BCE on the
+    logit ("bce"), or the paper's squared error of the value, (sigmoid(v) - r)^2 ("squared").
+    Both are minimized by sigmoid(v) = E[r | state]; BCE's gradient in v does not vanish where
+    the sigmoid saturates on the wrong side."""
+    if kind == "squared":
+        return (torch.sigmoid(value_logits) - score).square().mean()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(value_logits, score)
+    raise ValueError(f"unknown LPRM loss {kind!r}")
 
 
 def _losses(net, pool: dict, batch: int = 1024):

@@ -5,7 +5,7 @@ Supervision step n of a training batch (docs/design.md §4, :mod:`gram_pyro.trai
     prior: step n of the prior chain (no y, no gradient), the states the critic is fitted on;
     ACT:   BCE(q_halt(h_n), 1[the prior answer after step n is correct]), on every step;
     LPRM:  mean over n' of BCE(v(h_n'), r), or the paper's (sigmoid(v(h_n')) - r)^2 with
-           ``lprm_loss="squared"`` (:func:`lprm_loss`), r = task.score of the chain's final
+           ``lprm_loss="squared"`` (:func:`gram_pyro.critic.lprm_loss`), r = task.score of the chain's final
            prior answer (1 exactly when it is correct; Sudoku gives partial credit), on the last
            step only (the LPRM head gets no loss, and no gradient, before it);
     loss = -surrogate + act_weight * ACT + lprm_weight * LPRM     (each a mean over the batch).
@@ -27,19 +27,8 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
+from gram_pyro.critic import lprm_loss
 from gram_pyro.recursion import SharedRecursion
-
-
-def lprm_loss(value_logits: torch.Tensor, score: torch.Tensor, kind: str = "bce") -> torch.Tensor:
-    """The LPRM's mean loss of value logits v against trajectory scores r in [0, 1]: BCE on the
-    logit ("bce"), or the paper's squared error of the value, (sigmoid(v) - r)^2 ("squared").
-    Both are minimized by sigmoid(v) = E[r | state]; BCE's gradient in v does not vanish where
-    the sigmoid saturates on the wrong side."""
-    if kind == "squared":
-        return (torch.sigmoid(value_logits) - score).square().mean()
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(value_logits, score)
-    raise ValueError(f"unknown LPRM loss {kind!r}")
 
 
 class SupervisionStep(nn.Module):
@@ -49,7 +38,7 @@ class SupervisionStep(nn.Module):
         net: the :class:`~gram_pyro.nets.GramNet`; model, guide: its programs; elbo: a
             :class:`~gram_pyro.elbo.GramELBO`; rules: the objective's transition rules.
         task: judges the prior chain's answers. act_weight, lprm_weight: the auxiliary weights.
-        lprm_kind: the LPRM's loss, "bce" or "squared" (:func:`lprm_loss`).
+        lprm_kind: the LPRM's loss, "bce" or "squared" (:func:`gram_pyro.critic.lprm_loss`).
         n_supervision: N_sup (the LPRM loss comes on step N_sup - 1). precision: "fp32"/"bf16".
 
     Call arguments: the batch ``x, y``; the step ``n``; the detached states the posterior and

@@ -170,7 +170,7 @@ def test_one_level_is_the_looped_transformer_at_equal_core_calls():
 
 
 def test_the_squared_lprm_loss_is_the_papers_and_shares_bces_minimizer():
-    from gram_pyro.supervision import lprm_loss
+    from gram_pyro.critic import lprm_loss
 
     v, r = torch.tensor([-2.0, 0.0, 3.0]), torch.tensor([0.0, 0.25, 1.0])
     assert torch.allclose(lprm_loss(v, r, "squared"), ((torch.sigmoid(v) - r) ** 2).mean())

@@ -166,7 +166,7 @@ def test_cli_numbers_are_bounded(capsys, tmp_path, tiny_run, argv, fragment):
     ("sudoku-4", "max_givens=99", "max_givens"),
     ("arc-1-10", "views=0", "views must be at least 1"),
     ("arc-1-10", "eval_tasks=-1", "must lie in"),
-    ("arc-1-10", "training_set=maybe", "true or false"),
+    ("arc-1-10", "training_set=maybe", "takes a bool"),
     ("arc-1-10", "path=/no/such/folder", "no ARC data folder"),
 ])
 def test_data_options_are_checked_and_degenerate_splits_refused(capsys, task, option, fragment):
