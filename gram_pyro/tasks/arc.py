@@ -293,12 +293,6 @@ class Arc(Task):
                 self._truth[split.inputs[i].tobytes()] = split.completions_of(i)
         return data
 
-    def _cache_mismatch(self, data: Dataset, seed: int, options: dict) -> str | None:
-        problem = super()._cache_mismatch(data, seed, options)
-        if problem is None and data.meta.get("views") != options["views"]:
-            return "it was built with another number of views"
-        return problem
-
     # -- views of encoded rows ---------------------------------------------------------------------
     def identity(self, inputs) -> tuple[np.ndarray, np.ndarray]:
         """``(puzzle, view)`` of each ``[B, seq_len]`` input row."""
