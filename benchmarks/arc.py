@@ -60,10 +60,7 @@ def measure(run: Path, args) -> dict:
     curve = [(r["step"], r["val_prior_acc"]) for r in log if "val_prior_acc" in r]
     out = {"curve": curve, "steps": log[-1]["step"], "tasks": len(data.meta["evaluation_tasks"]),
            "demos": len(data.val), "test_inputs": len(data.test)}
-    for weighted in (False, True):
-        r = arc_report(model, task, data.test, samples=args.samples, weighted=weighted,
-                       progress=not args.quick)
-        out["weighted" if weighted else "count"] = r
+    out["arc"] = arc_report(model, task, data.test, samples=args.samples, progress=not args.quick)
     return out
 
 
@@ -97,8 +94,8 @@ def main(argv=None) -> None:
         r = results[label]
         print(f"{label}: {r['steps']} steps; held-in accuracy by step "
               + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in r["curve"])
-              + f"; pass@2 {100 * r['count']['pass@2']:.1f}% (LPRM-weighted "
-              f"{100 * r['weighted']['pass@2']:.1f}%)", flush=True)
+              + f"; pass@2 {100 * r['arc']['pass@2']:.1f}% (LPRM-weighted "
+              f"{100 * r['arc']['lprm']['pass@2']:.1f}%)", flush=True)
 
     first = next(iter(results.values()))
     side = get_task(args.task).side
@@ -106,7 +103,7 @@ def main(argv=None) -> None:
              "pass@2, LPRM-weighted vote | test inputs with a right answer in the top 2 |",
              "|---|---|---|---|---|---|---|"]
     for label, r in results.items():
-        c, w = r["count"], r["weighted"]
+        c, w = r["arc"], r["arc"]["lprm"]
         start, end = r["curve"][0][1], r["curve"][-1][1]
         solved = sum(x["pass@2"] for x in c["per_input"])
         lines.append(f"| {label} | {r['steps']} | {100 * start:.1f}% -> {100 * end:.1f}% | "

@@ -43,48 +43,80 @@ def pass_at_k(ranked, truths, k: int = 2) -> bool:
                for g, _, _ in ranked[:k] for t in truths)
 
 
+def n_views(task, views: int | None = None) -> int:
+    """The views the protocol uses: ``views`` (default: all the task's), at most the task's."""
+    return min(views or task.views, task.views)
+
+
 @torch.no_grad()
+def view_rollouts(model, task, row, samples: int, *, views: int | None = None,
+                  max_steps: int | None = None, act=False):
+    """``(rows [V, seq_len], trajectories [V, samples])``: ``samples`` prior trajectories on each
+    of the V views of one view-0 input row (row 0 is the row itself)."""
+    rows = np.stack([task.to_view(row, None, v)[0] for v in range(n_views(task, views))])
+    return rows, prior_rollouts(model, rows, samples, max_steps=max_steps, act=act)
+
+
+def mapped_back(task, rows, traj) -> tuple[list, np.ndarray]:
+    """The grids of :func:`view_rollouts`' answers mapped back onto the puzzle (None where an
+    answer holds no grid), views major, and their LPRM values."""
+    grids = [decode_grid(task.to_base(rows[v], answer)[1], task.side)
+             for v in range(len(rows)) for answer in traj.answers[v]]
+    return grids, np.asarray(traj.values, dtype=np.float64).reshape(-1)
+
+
+def _pooled(model, task, inputs, views, samples, max_steps, progress):
+    for row in tqdm(np.asarray(inputs), desc="ARC views", disable=not progress, leave=False):
+        yield mapped_back(task, *view_rollouts(model, task, row, samples, views=views,
+                                               max_steps=max_steps))
+
+
 def predict(model, task, inputs: np.ndarray, *, views: int | None = None, samples: int = 8,
             weighted: bool = False, max_steps: int | None = None,
             progress: bool = False) -> list[list[tuple[np.ndarray, float, int]]]:
     """The voted grids of each view-0 input row ``[M, seq_len]`` of ``task`` (an ARC task whose
-    data is built): ``views`` views (default: all the task's) x ``samples`` prior trajectories
-    each, mapped back and pooled (:func:`vote`)."""
-    views = min(views or task.views, task.views)
-    ranked = []
-    for row in tqdm(np.asarray(inputs), desc="ARC views", disable=not progress, leave=False):
-        rows = np.stack([task.to_view(row, None, v)[0] for v in range(views)])
-        traj = prior_rollouts(model, rows, samples, max_steps=max_steps)
-        grids, weights = [], []
-        for v in range(views):
-            for n in range(samples):
-                _, back = task.to_base(rows[v], traj.answers[v, n])
-                grids.append(decode_grid(back, task.side))
-                weights.append(traj.values[v, n] if weighted else 1.0)
-        ranked.append(vote(grids, weights))
-    return ranked
+    data is built): ``views`` views x ``samples`` prior trajectories each, mapped back and pooled
+    (:func:`vote`), by count or, with ``weighted``, by LPRM value."""
+    return [vote(grids, values if weighted else None)
+            for grids, values in _pooled(model, task, inputs, views, samples, max_steps, progress)]
+
+
+VOTES = {"count": False, "lprm": True}  # the two votes arc_report scores, and their weighting
 
 
 def arc_report(model, task, split, *, views: int | None = None, samples: int = 8,
-               weighted: bool = False, max_steps: int | None = None, progress: bool = False) -> dict:
+               max_steps: int | None = None, progress: bool = False) -> dict:
     """pass@1 and pass@2 on ``split`` (the test inputs), per input and per task (the official
-    mean over tasks of the share of their test inputs solved), with the protocol's sizes."""
-    ranked = predict(model, task, split.inputs, views=views, samples=samples, weighted=weighted,
-                     max_steps=max_steps, progress=progress)
+    mean over tasks of the share of their test inputs solved), with the protocol's sizes. Both
+    votes score the same trajectories: by count (the top-level figures) and LPRM-weighted
+    (under ``"lprm"``)."""
     puzzles, _ = task.identity(split.inputs)
     rows = []
-    for i, r in enumerate(ranked):
+    pooled = _pooled(model, task, split.inputs, views, samples, max_steps, progress)
+    for i, (grids, values) in enumerate(pooled):
         truths = [decode_grid(c, task.side) for c in split.completions_of(i)]
-        rows.append({"puzzle": task.puzzle_name(int(puzzles[i])),
-                     "pass@1": pass_at_k(r, truths, 1), "pass@2": pass_at_k(r, truths, 2),
-                     "distinct": len(r), "top_votes": r[0][2] if r else 0})
-    out = {"inputs": len(rows), "views": min(views or task.views, task.views),
-           "samples": samples, "weighted": weighted, "per_input": rows}
-    for k in ("pass@1", "pass@2"):
-        out[k + "_inputs"] = float(np.mean([r[k] for r in rows])) if rows else 0.0
-        by_task: dict[str, list] = {}
-        for r in rows:
-            by_task.setdefault(r["puzzle"], []).append(r[k])
-        out[k] = float(np.mean([np.mean(v) for v in by_task.values()])) if by_task else 0.0
-    out["tasks"] = len({r["puzzle"] for r in rows})
+        row = {"puzzle": task.puzzle_name(int(puzzles[i]))}
+        for name, weighted in VOTES.items():
+            ranked = vote(grids, values if weighted else None)
+            prefix = "" if name == "count" else name + "_"
+            row.update({prefix + "pass@1": pass_at_k(ranked, truths, 1),
+                        prefix + "pass@2": pass_at_k(ranked, truths, 2)})
+            if name == "count":
+                row.update(distinct=len(ranked), top_votes=ranked[0][2] if ranked else 0)
+        rows.append(row)
+    out = {"inputs": len(rows), "views": n_views(task, views), "samples": samples,
+           "tasks": len({r["puzzle"] for r in rows}), "per_input": rows}
+    for name in VOTES:
+        prefix = "" if name == "count" else name + "_"
+        scores = {}
+        for k in ("pass@1", "pass@2"):
+            by_task: dict[str, list] = {}
+            for r in rows:
+                by_task.setdefault(r["puzzle"], []).append(r[prefix + k])
+            scores[k] = float(np.mean([np.mean(v) for v in by_task.values()])) if rows else 0.0
+            scores[k + "_inputs"] = float(np.mean([r[prefix + k] for r in rows])) if rows else 0.0
+        if name == "count":
+            out.update(scores)
+        else:
+            out[name] = scores
     return out

@@ -183,7 +183,8 @@ def format_report(r: dict) -> str:
         lines.append(f"  ARC protocol ({a['views']} views x {a['samples']} trajectories, mapped back "
                      f"and voted): pass@2 {100 * a['pass@2']:.1f}%, pass@1 {100 * a['pass@1']:.1f}% "
                      f"(mean over {a['tasks']} tasks; per input: pass@2 "
-                     f"{100 * a['pass@2_inputs']:.1f}%)")
+                     f"{100 * a['pass@2_inputs']:.1f}%); LPRM-weighted vote: pass@2 "
+                     f"{100 * a['lprm']['pass@2']:.1f}%, pass@1 {100 * a['lprm']['pass@1']:.1f}%")
     return "\n".join(lines)
 
 
@@ -198,7 +199,13 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     x = task.parse_input(text)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
-    traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act)
+    if task.puzzle_slot:  # ARC: n trajectories on every view; view 0's are the table's
+        from gram_pyro.arc import view_rollouts
+
+        views = view_rollouts(model, task, x, n, max_steps=max_steps, act=act)
+        traj = views[1]
+    else:
+        traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act)
     answers, values = traj.answers[0], traj.values[0]
     canon = task.canonical(answers)
     groups: dict[bytes, list[int]] = {}
@@ -216,23 +223,24 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
               "model": model_label(cfg),
               "valid_completions": int(len(solutions)),
               "distinct_correct": sum(d["correct"] for d in distinct),
-              "mean_steps": float(traj.steps.mean()), "answers": distinct}
+              "mean_steps": float(traj.steps[0].mean()), "answers": distinct}
     if task.puzzle_slot:
-        report["arc"] = _arc_vote(model, task, x, n, answers, solutions, max_steps)
+        report["arc"] = _arc_vote(task, x, n, views, answers, solutions)
     return report
 
 
-def _arc_vote(model, task, x, n: int, answers, solutions, max_steps) -> dict:
-    """The ARC protocol on one input: ``n`` trajectories on each of the puzzle's views, mapped
-    back and voted (:mod:`gram_pyro.arc`); the top two grids, and what a figure needs."""
-    from gram_pyro.arc import pass_at_k, predict
+def _arc_vote(task, x, n: int, views, answers, solutions) -> dict:
+    """The ARC protocol on one input: the ``n`` trajectories on each of the puzzle's ``views``
+    (:func:`~gram_pyro.arc.view_rollouts`), mapped back and voted; the top two grids, and what a
+    figure needs."""
+    from gram_pyro.arc import mapped_back, pass_at_k, vote
     from gram_pyro.tasks.arc import decode_grid
 
-    ranked = predict(model, task, x[None], samples=n, max_steps=max_steps)[0]
+    ranked = vote(mapped_back(task, *views)[0])
     truths = [decode_grid(s, task.side) for s in solutions]
     top = [{"grid": json.dumps(g.tolist(), separators=(",", ":")), "votes": c,
             "correct": pass_at_k([(g, w, c)], truths, 1)} for g, w, c in ranked[:2]]
-    return {"views": task.views, "trajectories": task.views * n, "top2": top,
+    return {"views": len(views[0]), "trajectories": len(views[0]) * n, "top2": top,
             "pass@2": pass_at_k(ranked, truths, 2) if truths else None,
             "_figure": (x, answers[:10], ranked, truths[0] if truths else None)}
 

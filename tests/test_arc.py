@@ -116,7 +116,7 @@ def test_the_puzzle_identity_is_an_embedding_not_a_token():
     assert torch.allclose(a[:, 1:], b[:, 1:])  # the grid's tokens do not
 
 
-def test_a_tiny_arc_run_trains_and_runs_the_protocol(tmp_path):
+def test_a_tiny_arc_run_trains_and_runs_the_protocol(tmp_path, monkeypatch):
     cfg = tiny_config("arc-1-10", ["steps=3", "critic_fit_steps=0"], data_options=SMALL)
     result = Trainer(cfg, tmp_path / "run", progress=False).fit()
     assert result["step"] >= 3 and 0 <= result["val_prior_acc"] <= 1
@@ -125,10 +125,28 @@ def test_a_tiny_arc_run_trains_and_runs_the_protocol(tmp_path):
     task, cfg, net = load_run(tmp_path / "run")
     data = task.build(**cfg.data_options)
     model, _ = programs(net, cfg)
+    import gram_pyro.arc as arc
+
+    calls = []
+    real = arc.prior_rollouts
+    monkeypatch.setattr(arc, "prior_rollouts", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     report = arc_report(model, task, data.test, views=2, samples=3)
     assert report["tasks"] == 3 and report["inputs"] == len(data.test)
     assert 0 <= report["pass@2"] <= 1 and report["pass@1"] <= report["pass@2"]
+    assert 0 <= report["lprm"]["pass@2"] <= 1 and report["lprm"]["pass@1"] <= report["lprm"]["pass@2"]
     assert report["views"] == 2 and all(r["distinct"] <= 6 for r in report["per_input"])
+    # both votes score one set of trajectories: one batch of 2 views per test input
+    assert len(calls) == len(data.test) and all(len(rows) == 2 for rows in calls)
+
+    from gram_pyro.evaluate import sample_puzzle
+
+    calls.clear()
+    text = task.format_input(data.test.inputs[0])
+    r = sample_puzzle(tmp_path / "run", text, 3)
+    # the table's samples are view 0's of the vote: the puzzle is sampled once, on its 4 views
+    assert len(calls) == 1 and len(calls[0]) == SMALL["views"]
+    assert sum(d["count"] for d in r["answers"]) == 3
+    assert r["arc"]["trajectories"] == 3 * SMALL["views"] and r["arc"]["pass@2"] in (True, False)
 
 
 def test_a_local_folder_of_official_files_is_read(tmp_path):
