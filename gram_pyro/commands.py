@@ -243,6 +243,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--batch-size", type=int_at_least(1, 4096), default=32)
     p.add_argument("--lr", type=float_in(0, 1), default=1e-3)
     p.add_argument("--seed", type=seed_type, default=0)
+    p.add_argument("--mixer", action=argparse.BooleanOptionalAction, default=True,
+                   help="give q a block that mixes the answer across positions before its head "
+                        "(default on; q otherwise reads each position's answer token alone); "
+                        "it costs about one block per transition when estimating")
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -523,7 +527,7 @@ def cmd_fit_guide(args) -> dict:
     from gram_pyro.guide_fit import format_report, refit_run
 
     report = refit_run(args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, seconds=args.minutes * 60 if args.minutes else None,
+                       seed=args.seed, mixer=args.mixer, seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
     print(dump_json(report) if args.json else format_report(report))
     return report

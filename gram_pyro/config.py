@@ -54,6 +54,8 @@ class Config:
         ``critic_fit_trajectories`` trajectories of each of up to ``critic_fit_inputs``
         training inputs. With ``max_minutes`` it takes ``critic_fit_share`` of the budget.
     Optimisation: AdamW (``lr``, ``betas``, ``weight_decay``), ``grad_clip`` (global norm),
+        ARC's puzzle table by sign descent on the rows a batch touches (``puzzle_lr``,
+        ``puzzle_weight_decay``; :class:`~gram_pyro.train.RowSignSGD`, outside the clipping),
         ``warmup_steps``, ``lr_schedule`` ("cosine"/"constant"), ``ema`` decay, ``batch_size``,
         ``augment`` (task symmetries), ``steps`` (optimizer steps) and ``max_minutes``.
         ``batch_size`` is the GLOBAL batch: under torchrun with W processes each rank takes
@@ -135,6 +137,10 @@ class Config:
     betas: tuple = (0.9, 0.95)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # ARC's puzzle embeddings (one row per puzzle and view): sign descent on the rows in the
+    # batch, under the same schedule as lr (TRM trains its table so, at 100 x its lr)
+    puzzle_lr: float = 2e-3
+    puzzle_weight_decay: float = 0.1
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
     ema: float = 0.999
@@ -226,6 +232,7 @@ RANGES = {
     "critic_fit_trajectories": (1, 10_000, False), "critic_fit_share": (0, 0.99, False),
     "batch_size": (1, 10 ** 6, False), "lr": (0, 10, True), "betas": (0, 0.999999, False),
     "weight_decay": (0, 1e3, False), "grad_clip": (0, 1e9, True),
+    "puzzle_lr": (0, 10, True), "puzzle_weight_decay": (0, 1e3, False),
     "warmup_steps": (0, 10 ** 9, False), "ema": (0, 0.999999, False),
     "augment_pool": (0, 10 ** 9, False),
     "steps": (1, 10 ** 9, False), "max_minutes": (0, 1e6, False),  # 0: no time budget
@@ -288,12 +295,15 @@ PRESETS = {
     # (head_expansion 1: 3.1M for the four), and the halt and value heads read token 0 linearly
     # as TRM's do (critic_layers 0); `gram train --preset paper --dry-run` prints the count.
     # The LPRM is fitted by the paper's squared error, and each training input draws from a fixed
-    # pool of 1,000 augmentations of itself, as TRM's pre-generated data set does.
+    # pool of 1,000 augmentations of itself, as TRM's pre-generated data set does. ARC's puzzle
+    # table moves by sign descent at 1e-2 with weight decay 0.1 (TRM's ARC settings; the paper
+    # gives none of its own).
     "paper": dict(d_model=512, n_layers=2, block="attention", n_heads=8, expansion=4.0,
                   head_expansion=1.0, critic_layers=0, lr_schedule="constant", n_prefix=16,
                   k_low=4, t_high=3, n_supervision=16, lr=1e-4, weight_decay=1.0,
                   batch_size=768, ema=0.9999, warmup_steps=2000, steps=100_000, joint_critic=True,
-                  lprm_loss="squared", augment_pool=1000, eval_interval=2000, eval_inputs=1024),
+                  lprm_loss="squared", augment_pool=1000, eval_interval=2000, eval_inputs=1024,
+                  puzzle_lr=1e-2, puzzle_weight_decay=0.1),
 }
 
 # the paper's beta per task (docs/design.md §7); small models need retuning

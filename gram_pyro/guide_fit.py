@@ -36,9 +36,9 @@ GUIDE_REPORT = "guide.json"
 
 
 def guide_parameters(net) -> dict:
-    """The parameters only the guide reads, by name: the posterior head and the embedding of
-    the answer it conditions on."""
-    prefixes = ("posterior_head.", "target_embed.")
+    """The parameters only the guide reads, by name: the posterior head, the embedding of the
+    answer it conditions on, and the fitted guide's mixer if it has one."""
+    prefixes = ("posterior_head.", "target_embed.", "guide_mixer.")
     return {k: p for k, p in net.named_parameters() if k.startswith(prefixes)}
 
 
@@ -128,13 +128,15 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
 
 
 def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, progress: bool = False, device="cpu") -> dict:
+              lr: float = 1e-3, seed: int = 0, mixer: bool = True, progress: bool = False,
+              device="cpu") -> dict:
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
     Starts from the run's EMA weights with its current fitted guide if it has one (so a second
     call goes on from the first), fits on the training pairs, and writes the fitted parameters
     to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
-    report to ``guide.json``. The training state, the EMA weights and the critic are untouched."""
+    report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
+    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way)."""
     run_dir = Path(run_dir)
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
@@ -143,12 +145,15 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         if cfg.deterministic or cfg.model == "ar":
             raise UserError(f"{str(run_dir)!r} is the {model_label(cfg)}: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
+        if mixer:
+            net.add_guide_mixer()
         model, guide = programs(net, cfg)
         x, y = run_data(task, cfg).train.pairs()
         report = fit_guide(model, guide, x, y, steps=steps, batch_size=batch_size, lr=lr,
                            seconds=seconds, seed=seed, progress=progress)
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
+        report["mixer"] = net.guide_mixer is not None
         store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
     return report
 

@@ -238,6 +238,24 @@ class GaussianHead(nn.Module):
             return self.mu(u), F.softplus(self.raw_sigma(u) + self.sigma_bias) + self.sigma_floor
 
 
+class GuideMixer(nn.Module):
+    """A residual block that mixes q's input ``u_t + embed(y)`` across positions before the
+    posterior head, for the guide fitted for likelihood alone (``gram fit-guide --mixer``).
+    Without it q reads each position's answer token alone; with it every position's noise can
+    depend on the whole answer at every transition. Its output layer starts at zero, so the
+    fit starts from the training guide exactly."""
+
+    def __init__(self, seq_len, d_model, expansion, block="mixer", n_heads=4):
+        super().__init__()
+        self.core = RecursiveNet(seq_len, d_model, 1, expansion, block, n_heads)
+        self.out = nn.Linear(d_model, d_model)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, v):
+        return v + self.out(self.core(v))
+
+
 class GramNet(nn.Module):
     """Everything GRAM learns, in one container (the ``pyro.module`` of model and guide).
 
@@ -289,6 +307,14 @@ class GramNet(nn.Module):
         self.register_buffer("h0", torch.randn(d_model))
         self.register_buffer("l0", torch.randn(d_model))
         self.d_model = d_model
+        self._mixer_shape = (total, d_model, expansion, block, n_heads)
+        self.guide_mixer = None  # only a guide fitted for likelihood has one (add_guide_mixer)
+
+    def add_guide_mixer(self) -> GuideMixer:
+        """Give q a :class:`GuideMixer` (zero at the start, on the net's device), once."""
+        if self.guide_mixer is None:
+            self.guide_mixer = GuideMixer(*self._mixer_shape).to(self.h0.device)
+        return self.guide_mixer
 
     def initial_state(self, batch_shape) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (*batch_shape, self.n_prefix + self.seq_len, self.d_model)
@@ -319,7 +345,8 @@ class GramNet(nn.Module):
         pad_before = self.answer_start
         pad_after = u.shape[-2] - pad_before - self.answer_len
         emb = F.pad(emb, (0, 0, pad_before, pad_after))
-        return self.posterior_head(u + emb)
+        v = u + emb
+        return self.posterior_head(v if self.guide_mixer is None else self.guide_mixer(v))
 
     def decode(self, h):
         """Answer logits ``[..., answer_len, answer_vocab]`` (float32)."""

@@ -61,6 +61,47 @@ from gram_pyro.tasks import get_task
 LOGGED = ("recon", "kl_total", "posterior_acc", "act", "lprm", "prior_batch_acc")  # per step
 
 
+class RowSignSGD(torch.optim.Optimizer):
+    """Sign descent on the rows of an embedding table that the batch touched, for ARC's puzzle
+    identities (TRM trains its puzzle embeddings the same way, with a sparse optimizer): a row
+    whose gradient is non-zero moves by ``-lr * (sign(g) + weight_decay * w)``; every other row
+    stays exactly as it is. A full ARC run has about 10^6 identities and a batch touches a few
+    hundred; under AdamW every row would move at every step, pushed by stale moments and weight
+    decay. Stateless: ``lr`` and ``weight_decay`` come from the config on every step."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, w = p.grad.reshape(len(p), -1), p.view(len(p), -1)
+                touched = g.ne(0).any(dim=1, keepdim=True)
+                w.mul_(1 - group["lr"] * group["weight_decay"] * touched).sub_(group["lr"] * g.sign())
+
+
+def optimizers(net, cfg) -> list[torch.optim.Optimizer]:
+    """AdamW over the network (weight decay on the matrices only) and, for a net with a puzzle
+    table (ARC), :class:`RowSignSGD` on the table at ``puzzle_lr`` (its param group's
+    ``lr_scale``: the schedule scales both learning rates alike)."""
+    table = getattr(getattr(net, "encoder", None), "puzzle", None)
+    skip = {id(table.weight)} if table is not None else set()
+    decay, no_decay = [], []
+    for p in net.parameters():
+        if id(p) not in skip:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    out = [torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=tuple(cfg.betas))]
+    if table is not None:
+        out.append(RowSignSGD([{"params": [table.weight], "lr_scale": cfg.puzzle_lr / cfg.lr}],
+                              lr=cfg.puzzle_lr, weight_decay=cfg.puzzle_weight_decay))
+    return out
+
+
 def ema_of(net, decay: float) -> AveragedModel:
     """The exponential moving average of ``net``'s weights that evaluation uses, as torch's
     :class:`~torch.optim.swa_utils.AveragedModel`. It starts at the initial weights, and its k-th
@@ -193,12 +234,12 @@ class Trainer:
         self.step_loss = DistributedDataParallel(
             step, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=True) if self.group.active else step
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            (no_decay if p.dim() < 2 else decay).append(p)
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=cfg.lr, betas=tuple(cfg.betas))
+        # the AdamW (self.opt, whose state the checkpoint keeps) and the stateless puzzle
+        # table's RowSignSGD, if any; gradient clipping leaves the table out (its update is a sign)
+        self.optimizers = optimizers(self.net, cfg)
+        self.opt = self.optimizers[0]
+        self.clipped = [p for g in self.opt.param_groups for p in g["params"]]
+        self.unclipped = [p for opt in self.optimizers[1:] for g in opt.param_groups for p in g["params"]]
         self.ema = ema_of(self.net, cfg.ema)  # identical on every rank, as the weights are
         seed = rank_seed(cfg.seed, rank)  # noise and augmentation differ between ranks
         self.rng = np.random.default_rng(seed)
@@ -407,9 +448,11 @@ class Trainer:
             loss, out = self.step_loss(x, y, n, post_state, prior_state, tuple(prior_states))
             if "prior_state" in out:  # the critic's prior chain (joint_critic)
                 prior_states.append(out["prior_state"][0])
-            for group in self.opt.param_groups:
-                group["lr"] = self.schedule.lr(self.step)
-            self.opt.zero_grad(set_to_none=True)
+            lr = self.schedule.lr(self.step)
+            for opt in self.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+            net.zero_grad(set_to_none=True)
             names = ["loss", *(k for k in LOGGED if k in out)]
             pieces = {label: out[k] for k, label in (("recon", "reconstruction"), ("kl_total", "KL"),
                                                      ("act", "ACT"), ("lprm", "LPRM")) if k in out}
@@ -425,17 +468,19 @@ class Trainer:
                 bad = f"the loss became non-finite on {n_bad} of {self.group.world_size} processes"
             if not bad:
                 loss.backward()  # under DDP, the gradients are averaged over the ranks here
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                bad = non_finite(grad_norm, {}, "gradient norm")  # the same on all ranks
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.clipped, cfg.grad_clip)
+                peaks = [p.grad.abs().amax() for p in self.unclipped if p.grad is not None]
+                bad = non_finite(grad_norm + sum(peaks), {}, "gradient norm")  # alike on all ranks
             if bad:
                 if cfg.on_nan == "stop":
                     raise UserError(f"{bad} at step {self.step}; {self._checkpoint_note()} (lower "
                                     "lr or beta, or pass --on-nan skip)")
-                self.opt.zero_grad(set_to_none=True)
+                net.zero_grad(set_to_none=True)
                 self.nan_skips += 1
                 logs.append({"step": self.step, "skipped": bad})
                 break  # this batch's chain is unusable; the next batch starts afresh
-            self.opt.step()
+            for opt in self.optimizers:
+                opt.step()
             if not self._ensure_finite("after the update", ema=False):  # skip mode rolled back
                 logs.append({"step": self.step, "skipped": "non-finite weights after an update; "
                              f"rolled back to step {self.step}"})

@@ -186,3 +186,40 @@ def test_the_gpu_arc_command_rehearses_on_cpu_with_the_full_data(tmp_path):
     cfg = json.loads((tmp_path / "out" / "run" / "config.json").read_text())
     assert summary["steps"] > 0 and 0 <= summary["arc_pass@2"] <= 1
     assert cfg["task"] == "arc-1" and cfg["data_options"] == {"views": "1000"}
+
+
+def test_row_sign_sgd_moves_only_the_rows_with_a_gradient():
+    from gram_pyro.train import RowSignSGD
+
+    w = torch.nn.Parameter(torch.randn(5, 3))
+    before = w.detach().clone()
+    grad = torch.zeros(5, 3)
+    grad[1] = torch.tensor([0.5, -2.0, 0.0])
+    grad[3, 2] = 1e-9
+    w.grad = grad
+    RowSignSGD([w], lr=0.1, weight_decay=0.5).step()
+    for r in (0, 2, 4):
+        assert torch.equal(w[r], before[r])  # untouched: no decay, no movement
+    for r in (1, 3):
+        want = before[r] * (1 - 0.1 * 0.5) - 0.1 * grad[r].sign()
+        assert torch.allclose(w[r], want)
+
+
+def test_the_trainer_moves_only_the_puzzle_rows_of_the_batch(tmp_path):
+    """The table is outside AdamW (whose stale moments would move every row seen before) and
+    outside the clipping; a batch's steps change exactly its identities' rows."""
+    cfg = tiny_config("arc-1-10", ["batch_size=2", "critic_fit_steps=0"], data_options=SMALL)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    table = trainer.net.encoder.puzzle.weight
+    assert all(p is not table for g in trainer.opt.param_groups for p in g["params"])
+    assert all(p is not table for p in trainer.clipped)
+    batches = []
+    sample = trainer.sample_batch
+    trainer.sample_batch = lambda: batches.append(sample()) or batches[-1]
+    for _ in range(3):
+        before = table.detach().clone()
+        trainer.train_batch()
+        changed = set(torch.nonzero((table != before).any(1)).flatten().tolist())
+        x = batches[-1][0]
+        assert changed == set(x[:, 0].tolist())
+    assert len({int(i) for b in batches for i in b[0][:, 0]}) > 2  # the batches' rows differ

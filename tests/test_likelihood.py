@@ -154,7 +154,10 @@ def test_fit_guide_improves_the_heldout_elbo_and_leaves_the_model_alone(trained)
         assert all(torch.equal(before[key][k], after[key][k]) for k in before[key])
     assert after["step"] == before["step"] and "guide_fit" in after
     fitted = after["guide_fit"]["weights"]
-    assert set(fitted) == set(guide_parameters(load_run(trained)[2]))
+    # the default fit gives q a mixer; load_run rebuilds it from the stored weights
+    assert report["mixer"] and any(k.startswith("guide_mixer.") for k in fitted)
+    assert set(fitted) == set(guide_parameters(load_run(trained, guide_fit=True)[2]))
+    assert load_run(trained)[2].guide_mixer is None  # the model and the training guide: none
     assert any(not torch.equal(fitted[k], before["ema"][k]) for k in fitted)  # it moved
     # prior rollouts never read the guide's parameters: identical with or without the fit
     answers = []
@@ -187,3 +190,16 @@ def test_fit_guide_refuses_the_deterministic_baseline(tmp_path, capsys):
             progress=False).fit()
     assert main(["fit-guide", str(out)]) == 2
     assert "no latent" in capsys.readouterr().err
+
+
+def test_the_guide_mixer_starts_as_the_training_guide():
+    """Its output layer is zero: q's parameters are unchanged until the fit moves it."""
+    task, cfg, net, model, guide = tiny_programs()
+    u = torch.randn(3, net.n_prefix + net.seq_len, net.d_model)
+    y = torch.as_tensor(task.build(seed=0).train.pairs()[1][:3])
+    before = net.posterior(u, y)
+    net.add_guide_mixer()
+    after = net.posterior(u, y)
+    assert all(torch.allclose(a, b) for a, b in zip(before, after))
+    assert set(guide_parameters(net)) > {k for k, _ in net.named_parameters()
+                                         if k.startswith(("posterior_head.", "target_embed."))}
