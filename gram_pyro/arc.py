@@ -81,7 +81,17 @@ def predict(model, task, inputs: np.ndarray, *, views: int | None = None, sample
             for grids, values in _pooled(model, task, inputs, views, samples, max_steps, progress)]
 
 
-VOTES = {"count": False, "lprm": True}  # the two votes arc_report scores, and their weighting
+def _pass_rates(rows, prefix: str = "") -> dict:
+    """pass@1 and pass@2 of per-input ``rows`` (their ``prefix + "pass@k"`` keys): the mean over
+    tasks of the share of their inputs solved (the official score), and the mean per input."""
+    out = {}
+    for k in ("pass@1", "pass@2"):
+        by_task: dict[str, list] = {}
+        for r in rows:
+            by_task.setdefault(r["puzzle"], []).append(r[prefix + k])
+        out[k] = float(np.mean([np.mean(v) for v in by_task.values()])) if rows else 0.0
+        out[k + "_inputs"] = float(np.mean([r[prefix + k] for r in rows])) if rows else 0.0
+    return out
 
 
 def arc_report(model, task, split, *, views: int | None = None, samples: int = 8,
@@ -95,28 +105,12 @@ def arc_report(model, task, split, *, views: int | None = None, samples: int = 8
     pooled = _pooled(model, task, split.inputs, views, samples, max_steps, progress)
     for i, (grids, values) in enumerate(pooled):
         truths = [decode_grid(c, task.side) for c in split.completions_of(i)]
-        row = {"puzzle": task.puzzle_name(int(puzzles[i]))}
-        for name, weighted in VOTES.items():
-            ranked = vote(grids, values if weighted else None)
-            prefix = "" if name == "count" else name + "_"
-            row.update({prefix + "pass@1": pass_at_k(ranked, truths, 1),
-                        prefix + "pass@2": pass_at_k(ranked, truths, 2)})
-            if name == "count":
-                row.update(distinct=len(ranked), top_votes=ranked[0][2] if ranked else 0)
-        rows.append(row)
-    out = {"inputs": len(rows), "views": n_views(task, views), "samples": samples,
-           "tasks": len({r["puzzle"] for r in rows}), "per_input": rows}
-    for name in VOTES:
-        prefix = "" if name == "count" else name + "_"
-        scores = {}
-        for k in ("pass@1", "pass@2"):
-            by_task: dict[str, list] = {}
-            for r in rows:
-                by_task.setdefault(r["puzzle"], []).append(r[prefix + k])
-            scores[k] = float(np.mean([np.mean(v) for v in by_task.values()])) if rows else 0.0
-            scores[k + "_inputs"] = float(np.mean([r[prefix + k] for r in rows])) if rows else 0.0
-        if name == "count":
-            out.update(scores)
-        else:
-            out[name] = scores
-    return out
+        count, lprm = vote(grids), vote(grids, values)
+        rows.append({"puzzle": task.puzzle_name(int(puzzles[i])),
+                     "pass@1": pass_at_k(count, truths, 1), "pass@2": pass_at_k(count, truths, 2),
+                     "lprm_pass@1": pass_at_k(lprm, truths, 1),
+                     "lprm_pass@2": pass_at_k(lprm, truths, 2),
+                     "distinct": len(count), "top_votes": count[0][2] if count else 0})
+    return {"inputs": len(rows), "views": n_views(task, views), "samples": samples,
+            "tasks": len({r["puzzle"] for r in rows}), "per_input": rows,
+            **_pass_rates(rows), "lprm": _pass_rates(rows, "lprm_")}

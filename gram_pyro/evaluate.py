@@ -202,8 +202,7 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     if task.puzzle_slot:  # ARC: n trajectories on every view; view 0's are the table's
         from gram_pyro.arc import view_rollouts
 
-        views = view_rollouts(model, task, x, n, max_steps=max_steps, act=act)
-        traj = views[1]
+        rows, traj = view_rollouts(model, task, x, n, max_steps=max_steps, act=act)
     else:
         traj = prior_rollouts(model, x[None], n, max_steps=max_steps, act=act)
     answers, values = traj.answers[0], traj.values[0]
@@ -225,22 +224,22 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
               "distinct_correct": sum(d["correct"] for d in distinct),
               "mean_steps": float(traj.steps[0].mean()), "answers": distinct}
     if task.puzzle_slot:
-        report["arc"] = _arc_vote(task, x, n, views, answers, solutions)
+        report["arc"] = _arc_vote(task, x, n, rows, traj, answers, solutions)
     return report
 
 
-def _arc_vote(task, x, n: int, views, answers, solutions) -> dict:
-    """The ARC protocol on one input: the ``n`` trajectories on each of the puzzle's ``views``
-    (:func:`~gram_pyro.arc.view_rollouts`), mapped back and voted; the top two grids, and what a
-    figure needs."""
+def _arc_vote(task, x, n: int, rows, traj, answers, solutions) -> dict:
+    """The ARC protocol on one input: the ``n`` trajectories ``traj`` on each of the puzzle's
+    view ``rows`` (:func:`~gram_pyro.arc.view_rollouts`), mapped back and voted; the top two
+    grids, and what a figure needs."""
     from gram_pyro.arc import mapped_back, pass_at_k, vote
     from gram_pyro.tasks.arc import decode_grid
 
-    ranked = vote(mapped_back(task, *views)[0])
+    ranked = vote(mapped_back(task, rows, traj)[0])
     truths = [decode_grid(s, task.side) for s in solutions]
     top = [{"grid": json.dumps(g.tolist(), separators=(",", ":")), "votes": c,
             "correct": pass_at_k([(g, w, c)], truths, 1)} for g, w, c in ranked[:2]]
-    return {"views": len(views[0]), "trajectories": len(views[0]) * n, "top2": top,
+    return {"views": len(rows), "trajectories": len(rows) * n, "top2": top,
             "pass@2": pass_at_k(ranked, truths, 2) if truths else None,
             "_figure": (x, answers[:10], ranked, truths[0] if truths else None)}
 
