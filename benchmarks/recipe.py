@@ -4,6 +4,8 @@ every variant, judged on prior rollouts of the test split.
     python benchmarks/recipe.py --task nqueens-8 --minutes 3 --seeds 0 1
     python benchmarks/recipe.py --task coloring-8 --minutes 3 --variant "no links:links=false" \\
         --variant "links:" --tag links
+    python benchmarks/recipe.py --task nqueens-8 --steps 1000 --variant "fp32:precision=fp32" \
+        --variant "bf16:precision=bf16" --tag per-step   # quality per optimizer step
     python benchmarks/recipe.py --quick
 
 A variant is ``NAME:key=value,key=value`` (config overrides on top of the current `cpu` preset;
@@ -61,6 +63,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="nqueens-8", help="a task, or TASK-unconditional")
     p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every run for this many optimizer steps instead of --minutes "
+                        "(quality per step; the cosine schedule spans them)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...")
     p.add_argument("--limit", type=int, default=None, help="a seeded subset of the test inputs")
@@ -74,6 +79,10 @@ def main(argv=None):
         args.task, args.minutes, args.seeds, args.limit = "nqueens-5", 0.03, args.seeds[:1], 8
         extra, gen_samples = ["d_model=32", "n_layers=1", "eval_inputs=8"], 50
         variants = variants[:2] + variants[-1:]
+    budget = f"{args.minutes:g} training minutes per run on 2 CPU cores"
+    if args.steps:
+        extra, args.minutes = [*extra, f"steps={args.steps}"], 0
+        budget = f"{args.steps} optimizer steps per run (no time limit)"
     out = args.out or Path(tempfile.mkdtemp(prefix="gram-recipe-"))
     rows = {}
     for i, (name, overrides, deterministic) in enumerate(variants):
@@ -93,7 +102,7 @@ def main(argv=None):
         cells = [cell([r[m] for r in rs if m in r], COLUMNS[m][1]) if any(m in r for r in rs)
                  else "" for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    body = (f"{args.task}, {args.minutes:g} training minutes per run on 2 CPU cores, seeds "
+    body = (f"{args.task}, {budget}, seeds "
             f"{args.seeds} (mean ± sd); each variant is the `cpu` preset with the overrides named, "
             "on the same data and seeds; prior rollouts of the test split, 20 samples per input, "
             "the whole supervision budget. The LPRM AUC is the final critic fit's, on held-out "
