@@ -61,8 +61,10 @@ class Config:
         ``batch_size`` is the GLOBAL batch: under torchrun with W processes each rank takes
         ``batch_size / W`` examples (W must divide it), so global batch = per-rank batch x W and
         a run sees the same examples at every step whatever W is (:mod:`gram_pyro.distributed`).
-    Precision: ``precision`` "fp32", or "bf16" (bfloat16 autocast of the networks; the Gaussian
-        heads, decoder, KLs and log-probabilities stay float32).
+    Precision: ``precision`` "fp32", "bf16" (bfloat16 autocast of the networks; the Gaussian
+        heads, decoder, KLs and log-probabilities stay float32), or "auto" (the default: bf16
+        where the device computes it natively, :func:`gram_pyro.build.resolve_precision`; a run
+        stores the precision it chose).
     Logging: ``eval_interval`` (optimizer steps), ``eval_inputs`` (validation inputs per
         evaluation), ``eval_samples`` (prior trajectories per input), ``checkpoint_minutes``,
         ``snapshot_minutes`` (a loadable copy of the run in ``DIR/snapshots/<m>min`` once training
@@ -150,7 +152,9 @@ class Config:
     augment_pool: int = 0
     steps: int = 20_000
     max_minutes: float = 0.0
-    precision: str = "fp32"  # or "bf16": autocast of the networks, probabilistic heads in float32
+    # "bf16": autocast of the networks, probabilistic heads in float32; "auto": bf16 where the
+    # device computes it natively (1.6x the steps/s on AVX512-BF16 CPUs), else fp32
+    precision: str = "auto"
     # logging
     eval_interval: int = 400
     eval_inputs: int = 256
@@ -243,7 +247,7 @@ RANGES = {
 # The text fields with a closed set of values (``task`` and ``device`` have checks of their own).
 CHOICES = {
     "objective": tuple(OBJECTIVES), "block": ("mixer", "attention"), "lr_schedule": ("cosine", "constant"),
-    "precision": ("fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
+    "precision": ("auto", "fp32", "bf16"), "on_nan": ("stop", "skip"), "stem": ("embed", "conv"),
     "noise": ("learned", "zero_mean", "mean_only"), "decode": ("argmax", "sample"),
     "z0": ("fixed", "random"), "model": ("gram", "ar"), "lprm_loss": ("bce", "squared"),
 }

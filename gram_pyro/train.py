@@ -23,7 +23,8 @@ log), :mod:`gram_pyro.checkpoint` (atomic saves, RNG state), :func:`gram_pyro.ev
 validation_metrics` (the evaluation), :mod:`gram_pyro.distributed` (torchrun: ``batch_size`` is the
 GLOBAL batch, each of the P ranks taking ``batch_size / P`` examples; only rank 0 prints, logs,
 evaluates and checkpoints). ``precision="bf16"`` trains under bfloat16 autocast with float32
-probabilistic heads.
+probabilistic heads; ``"auto"`` (the default) is bf16 where the hardware computes it natively,
+and the run stores which it chose.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from gram_pyro.build import build_net, check_precision, programs, resolve_device, run_data
+from gram_pyro.build import build_net, programs, resolve_device, resolve_precision, run_data
 from gram_pyro.checkpoint import CHECKPOINT, RUN_FILES, RunLock, atomic_save, check_writable, \
     config_of, holds_run, load_checkpoint, rng_state, set_rng_state, warn_if_config_edited
 from gram_pyro.config import RESUMABLE, Config
@@ -195,11 +196,12 @@ class Trainer:
             new_horizon = cfg.steps != stored.steps
         elif cfg is None:
             raise UserError("a fresh run needs a config (the task at least)")
-        self.cfg = cfg
         rank, world = self.group.rank, self.group.world_size
         check_batch(cfg.batch_size, world)  # on every rank, before any collective
         self.device = resolve_device(cfg.device, self.group.local_rank)
-        check_precision(cfg.precision, self.device)
+        # the run stores the precision it trains at, so a resume elsewhere continues exactly
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
+        self.cfg = cfg
         self.group.start(self.device)
         if self.group.main:
             check_writable(self.out)

@@ -226,7 +226,7 @@ def test_train_help_documents_torchrun_and_the_global_batch(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "torchrun --nproc_per_node=P -m gram_pyro.cli train" in text
-    assert "GLOBAL batch" in text and "--precision {fp32,bf16}" in text
+    assert "GLOBAL batch" in text and "--precision {auto,fp32,bf16}" in text
 
 
 # -- the epoch sampler ------------------------------------------------------------------------
@@ -280,6 +280,24 @@ def test_a_bf16_run_trains_with_a_finite_falling_loss(tmp_path):
         curve += [log["loss"] for log in trainer.train_batch()]
     assert np.isfinite(curve).all()
     assert np.mean(curve[-10:]) < 0.8 * np.mean(curve[:10])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_hardware_has_it_and_the_run_stores_its_choice(
+        tmp_path, monkeypatch, native):
+    import gram_pyro.build as build
+
+    monkeypatch.setattr(build, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert build.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert build.resolve_precision("fp32", cpu) == "fp32"  # an explicit choice is kept
+    trainer = Trainer(tiny_config(extra=["precision=auto", "pyro_validation=false"]),
+                      tmp_path / "r", progress=False)
+    chosen = "bf16" if native else "fp32"
+    assert trainer.cfg.precision == chosen and trainer.step_loss.bf16 == native
+    trainer.train_batch()
+    trainer.save()
+    assert json.loads(load_checkpoint(tmp_path / "r")["config"])["precision"] == chosen
 
 
 def test_bad_precision_is_a_user_error():
