@@ -52,8 +52,9 @@ def train_run(out: Path, name: str, *, task: str, minutes: float, seed: int, ove
 def finished_run(run: Path, cfg) -> bool:
     """Does ``run`` hold a checkpoint of exactly ``cfg`` that reached its step or time budget?"""
     import json
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
+    from gram_pyro.build import resolve_device, resolve_precision
     from gram_pyro.checkpoint import load_checkpoint
     from gram_pyro.config import Config
     from gram_pyro.errors import UserError
@@ -68,7 +69,8 @@ def finished_run(run: Path, cfg) -> bool:
         stored = asdict(Config.from_dict(json.loads(ckpt["config"])))
     except (UserError, KeyError, TypeError, ValueError):
         return False
-    wanted = asdict(cfg)
+    # a run stores the precision "auto" chose on this machine
+    wanted = asdict(replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device))))
     # the trainer's own stopping rule, with the step horizon it had replanned to fit the clock
     done = Schedule(cfg, ckpt.get("total_steps")).done(ckpt["step"], ckpt["elapsed"])
     return stored == wanted and done
