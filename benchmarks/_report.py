@@ -44,7 +44,9 @@ def commit() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        # what the benchmarks write themselves (RESULTS.md, its figures) is not the code that ran
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)docs/RESULTS.md", ":(exclude)docs/figures"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev + ("+uncommitted changes" if dirty else "") if rev else "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -87,9 +87,8 @@ def main() -> None:
 
     task = get_task(TASK)
     pixels = task.seq_len
-    train, train_labels = task.labelled("train")
-    val, val_labels = task.labelled("val")
-    test, test_labels = task.labelled("test")
+    (train, train_labels), (val, val_labels), (test, test_labels) = \
+        task.labelled("train", "val", "test")
     subset = np.sort(np.random.default_rng(0).permutation(len(test))[:args.limit])
     print(f"{TASK}: {len(train)} train / {len(val)} validation / {len(test)} test images; "
           f"GRAM's IWAE on {len(subset)} test images", flush=True)

@@ -9,8 +9,9 @@ One "step" is one optimizer step: one supervision step of one batch (the trainer
 them per batch). FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over whole
 batches (forward and backward of the ELBO step, the prior chain and the critic) and divided by the
 steps taken; they cover matrix products and attention, not elementwise work. The practical peak
-is the best of a few 2048 x 2048 float32 matmuls on the same torch threads. MFU is FLOPs per step
-x steps per second / peak.
+is the best of a few 2048 x 2048 matmuls on the same torch threads, in the precision the run trains
+at (float32, or bfloat16 under ``precision`` bf16 or auto where it resolves to bf16). MFU is FLOPs
+per step x steps per second / peak.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import result_line, write_section  # noqa: E402
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Practical float32 GEMM peak of this process's torch threads, in FLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """Practical GEMM peak of this process's torch threads in ``dtype``, in FLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -65,7 +66,7 @@ def measure(task: str, overrides: list[str], batches: int) -> dict:
     return {"task": task, "overrides": overrides, "batch_size": cfg.batch_size,
             "n_supervision": cfg.n_supervision, "seconds_per_step": per_step,
             "steps_per_second": 1 / per_step, "flops_per_step": flops,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "precision": trainer.cfg.precision}
 
 
 def main(argv=None):
@@ -80,13 +81,16 @@ def main(argv=None):
     if args.quick:
         args.task, args.batches = "nqueens-5", 2
         args.set = ["d_model=32", "n_layers=1", "batch_size=8", *args.set]
-    peak = matmul_peak(512 if args.quick else 2048)
     r = measure(args.task, args.set, args.batches)
+    dtype = torch.bfloat16 if r["precision"] == "bf16" else torch.float32
+    peak = matmul_peak(512 if args.quick else 2048, dtype=dtype)
     mfu = r["flops_per_step"] * r["steps_per_second"] / peak
     body = (f"{r['task']}, `cpu` preset{' with ' + ', '.join(args.set) if args.set else ''} "
-            f"(batch {r['batch_size']}, N_sup {r['n_supervision']}), {r['threads']} torch threads, "
-            f"median of {args.batches} batches after 2 warm-up batches.\n\n"
-            "| steps/s | ms/step | model GFLOP/step | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
+            f"(batch {r['batch_size']}, N_sup {r['n_supervision']}, trained in {r['precision']}), "
+            f"{r['threads']} torch threads, median of {args.batches} batches after 2 warm-up "
+            "batches; the peak is a 2048 x 2048 matmul in the same precision.\n\n"
+            f"| steps/s | ms/step | model GFLOP/step | achieved GFLOP/s | {r['precision']} matmul "
+            "peak GFLOP/s | MFU |\n"
             "|---|---|---|---|---|---|\n"
             f"| {r['steps_per_second']:.2f} | {1000 * r['seconds_per_step']:.0f} | "
             f"{r['flops_per_step'] / 1e9:.2f} | "

@@ -99,10 +99,10 @@ def image_quality(task, cfg, images: np.ndarray) -> dict:
     always."""
     from gram_pyro.images import QualityJudge, nearest_hamming
 
-    train, labels = task.labelled("train", cfg.data_seed, **cfg.data_options)
+    (train, labels), (test, _) = task.labelled("train", "test", seed=cfg.data_seed,
+                                               **cfg.data_options)
     if labels is None:
         return {"nn_hamming_mean": float(nearest_hamming(images, train).mean())}
-    test, _ = task.labelled("test", cfg.data_seed, **cfg.data_options)
     return {"quality": QualityJudge(train, labels, test).report(images)}
 
 

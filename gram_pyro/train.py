@@ -221,12 +221,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.net = build_net(self.task, cfg, self.device)
         self.model, self.guide = programs(self.net, cfg)
-        self.elbo = GramELBO(beta=cfg.beta, kl_balance=cfg.kl_balance)
-        self.rules = transition_rules(cfg.objective, cfg.t_high)
+        self.elbo = None  # GRAM's ELBO; the AR baseline has none (no latents, no KL)
         if cfg.model == "ar":  # the AR baseline: maximum likelihood, one step per batch
             step = LikelihoodStep(self.model, self.task, precision=cfg.precision)
         else:
-            step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules,
+            self.elbo = GramELBO(beta=cfg.beta, kl_balance=cfg.kl_balance)
+            step = SupervisionStep(self.net, self.model, self.guide, self.elbo,
+                                   transition_rules(cfg.objective, cfg.t_high),
                                    self.task, act_weight=cfg.act_weight,
                                    lprm_weight=cfg.lprm_weight, n_supervision=cfg.n_supervision,
                                    precision=cfg.precision, joint_critic=cfg.joint_critic,
@@ -446,7 +447,8 @@ class Trainer:
         post_state = prior_state = None
         prior_states, logs = [], []
         for n in range(cfg.n_supervision):
-            self.elbo.beta = self.schedule.beta(self.step)
+            if self.elbo is not None:
+                self.elbo.beta = self.schedule.beta(self.step)
             loss, out = self.step_loss(x, y, n, post_state, prior_state, tuple(prior_states))
             if "prior_state" in out:  # the critic's prior chain (joint_critic)
                 prior_states.append(out["prior_state"][0])

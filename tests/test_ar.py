@@ -129,7 +129,9 @@ def test_ar_defaults_and_the_paper_preset():
 
 def test_an_ar_run_trains_evaluates_generates_and_gives_its_exact_likelihood(tmp_path):
     cfg = make_config("cpu", [*AR, "steps=30"], task="nqueens-5")
-    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.elbo is None  # maximum likelihood: no ELBO, no transition rules
+    result = trainer.fit()
     assert result["step"] == 30  # one optimizer step per batch
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert log[0]["recon"] > log[-1]["recon"]  # -log p(y | x) falls

@@ -134,3 +134,26 @@ def test_a_finished_run_is_reused_only_with_its_exact_config(tmp_path):
     assert train_run(tmp_path, "GRAM", task="nqueens-5", minutes=5, seed=0, overrides=size,
                      reuse=True) == run
     assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # not trained again
+
+
+def test_the_commit_stamp_counts_code_changes_but_not_the_benchmarks_own_output(tmp_path, monkeypatch):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _report
+    finally:
+        sys.path.remove(str(BENCH))
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    for name in ("code.py", "docs/RESULTS.md", "docs/figures/f.png"):
+        (tmp_path / name).write_text("v1")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(_report, "ROOT", tmp_path)
+    rev = _report.commit()
+    assert re.fullmatch(r"[0-9a-f]{7,}", rev)
+    (tmp_path / "docs" / "RESULTS.md").write_text("v2")  # a section just written
+    (tmp_path / "docs" / "figures" / "f.png").write_text("v2")  # its figure
+    assert _report.commit() == rev
+    (tmp_path / "code.py").write_text("v2")
+    assert _report.commit() == rev + "+uncommitted changes"

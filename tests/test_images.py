@@ -49,9 +49,23 @@ def test_digits_split_is_fixed_disjoint_and_complete():
     assert len(source) == len(labels) == 1797
     together = np.concatenate([a.train.completions, a.val.completions, a.test.completions])
     assert sorted(map(bytes, together.astype(np.uint8))) == sorted(map(bytes, source.astype(np.uint8)))
-    images, lab = task.labelled("test")
+    [(images, lab)] = task.labelled("test")
     assert np.array_equal(images, a.test.completions) and len(lab) == 359
     assert get_task("digits-8").unconditional
+
+
+def test_labelled_reads_the_source_once_for_all_the_splits_it_is_asked(monkeypatch):
+    task = get_task("digits-8")
+    reads = []
+    real = type(task).source
+    monkeypatch.setattr(type(task), "source", lambda self, *a: reads.append(a) or real(self, *a))
+    parts = task.labelled("train", "val", "test")
+    assert len(reads) == 1
+    data = task.build(cache=False)
+    for (images, labels), name in zip(parts, ("train", "val", "test")):
+        assert np.array_equal(images, data.split(name).completions) and len(labels) == len(images)
+    with pytest.raises(ValueError, match="split names"):
+        task.labelled("training")
 
 
 TEST_DIGEST = "ac660eb85da560f7"  # sklearn digits, data seed 0, recorded at the split's creation
@@ -167,8 +181,7 @@ def test_vae_elbo_matches_trace_elbo_on_the_same_traces():
 
 def test_train_vae_improves_the_validation_elbo_and_keeps_the_best():
     task = get_task("digits-8")
-    train, _ = task.labelled("train")
-    val, _ = task.labelled("val")
+    (train, _), (val, _) = task.labelled("train", "val")
     model, guide, report = im.train_vae(train, val, steps=120, eval_every=40, batch_size=64, hidden=32)
     values = [v for _, v in report["curve"]]
     assert report["steps"] == 120 and len(values) == 3
@@ -191,9 +204,7 @@ def test_factorized_floor_is_the_smoothed_pixel_frequency():
 
 def test_quality_metrics_tell_real_from_noise():
     task = get_task("digits-8")
-    train, labels = task.labelled("train")
-    test, test_labels = task.labelled("test")
-    val, _ = task.labelled("val")
+    (train, labels), (test, test_labels), (val, _) = task.labelled("train", "test", "val")
     judge = im.QualityJudge(train, labels, test, subset=len(val))
     assert judge.accuracy(test, test_labels) > 0.8
     real = judge.report(val)

@@ -218,14 +218,22 @@ class Digits(Task):
         ids[order[n_test:n_test + n_val]] = 1
         return ids
 
-    def labelled(self, split: str, seed: int = 0, **options) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(images, labels or None)`` of one split, in the dataset's order (for the classifier
-        the sample-quality metrics train on the training split)."""
+    def labelled(self, *splits: str, seed: int = 0, **options) \
+            -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``(images, labels or None)`` of each split named ("train", "val", "test"), in the
+        dataset's order (for the classifier the sample-quality metrics train on the training
+        split), from one read of the source."""
+        codes = {"train": 0, "val": 1, "test": 2}
+        if not splits or any(s not in codes for s in splits):
+            raise ValueError(f"labelled() takes split names among {', '.join(codes)}; got {splits}")
         full = {**self.default_sizes(), **options}
         images, labels = self.source(full["path"], full["limit"])
         ids = self.split_ids(len(images), seed, full["test_fraction"], full["val_fraction"])
-        keep = np.flatnonzero(ids == {"train": 0, "val": 1, "test": 2}[split])
-        return images[keep], None if labels is None else labels[keep]
+        out = []
+        for split in splits:
+            keep = np.flatnonzero(ids == codes[split])
+            out.append((images[keep], None if labels is None else labels[keep]))
+        return out
 
     def _build(self, seed: int, path, limit, test_fraction, val_fraction) -> Dataset:
         images, labels = self.source(path, limit)
