@@ -48,7 +48,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision a run trains at: ``auto`` is bf16 where :func:`native_bf16` holds, else
-    fp32 (on 2 AVX512-BF16 cores, bf16 took N-Queens 10x10 from 4.7 to 7.6 steps/s at the same
+    fp32 (on 2 AVX512-BF16 cores, bf16 took N-Queens 10x10 from 4.50 to 7.53 steps/s at the same
     quality per step; RESULTS ``throughput_*``, ``recipe_nqueens-8_per-step-bf16``)."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"

@@ -137,7 +137,7 @@ def add_subcommands(sub) -> None:
                    help="bf16: bfloat16 autocast of the networks; the Gaussian heads, decoder, KLs "
                         "and log-probabilities stay float32. auto (default): bf16 where the device "
                         "computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX: "
-                        "1.6x the training steps per second on 2 such cores), else fp32")
+                        "1.67x the training steps per second on 2 such cores), else fp32")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); see gram_pyro/config.py. "
                         "batch_size is the global batch over all torchrun processes")
