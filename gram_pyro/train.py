@@ -221,13 +221,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.net = build_net(self.task, cfg, self.device)
         self.model, self.guide = programs(self.net, cfg)
-        self.elbo = None  # GRAM's ELBO; the AR baseline has none (no latents, no KL)
+        # GRAM's ELBO and transition rules; the AR baseline has neither (no latents, no KL)
+        self.elbo = self.rules = None
         if cfg.model == "ar":  # the AR baseline: maximum likelihood, one step per batch
             step = LikelihoodStep(self.model, self.task, precision=cfg.precision)
         else:
             self.elbo = GramELBO(beta=cfg.beta, kl_balance=cfg.kl_balance)
-            step = SupervisionStep(self.net, self.model, self.guide, self.elbo,
-                                   transition_rules(cfg.objective, cfg.t_high),
+            self.rules = transition_rules(cfg.objective, cfg.t_high)
+            step = SupervisionStep(self.net, self.model, self.guide, self.elbo, self.rules,
                                    self.task, act_weight=cfg.act_weight,
                                    lprm_weight=cfg.lprm_weight, n_supervision=cfg.n_supervision,
                                    precision=cfg.precision, joint_critic=cfg.joint_critic,

@@ -130,7 +130,7 @@ def test_ar_defaults_and_the_paper_preset():
 def test_an_ar_run_trains_evaluates_generates_and_gives_its_exact_likelihood(tmp_path):
     cfg = make_config("cpu", [*AR, "steps=30"], task="nqueens-5")
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert trainer.elbo is None  # maximum likelihood: no ELBO, no transition rules
+    assert trainer.elbo is None and trainer.rules is None  # maximum likelihood: no ELBO
     result = trainer.fit()
     assert result["step"] == 30  # one optimizer step per batch
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
