@@ -83,12 +83,13 @@ def main(argv=None):
         args.set = ["d_model=32", "n_layers=1", "batch_size=8", *args.set]
     r = measure(args.task, args.set, args.batches)
     dtype = torch.bfloat16 if r["precision"] == "bf16" else torch.float32
-    peak = matmul_peak(512 if args.quick else 2048, dtype=dtype)
+    size = 512 if args.quick else 2048
+    peak = matmul_peak(size, dtype=dtype)
     mfu = r["flops_per_step"] * r["steps_per_second"] / peak
     body = (f"{r['task']}, `cpu` preset{' with ' + ', '.join(args.set) if args.set else ''} "
             f"(batch {r['batch_size']}, N_sup {r['n_supervision']}, trained in {r['precision']}), "
             f"{r['threads']} torch threads, median of {args.batches} batches after 2 warm-up "
-            "batches; the peak is a 2048 x 2048 matmul in the same precision.\n\n"
+            f"batches; the peak is a {size} x {size} matmul in the same precision.\n\n"
             f"| steps/s | ms/step | model GFLOP/step | achieved GFLOP/s | {r['precision']} matmul "
             "peak GFLOP/s | MFU |\n"
             "|---|---|---|---|---|---|\n"
