@@ -112,7 +112,8 @@ def measure_run(folder: Path, task: str, seed: int, limit: int | None, gen_sampl
 
     r, traj, part, t, _ = evaluate_run(folder, samples=20, limit=limit, seed=seed, act=False)
     out = {"steps": steps, "acc": r["sample_accuracy"], "cov_micro": r["coverage_micro"],
-           "cov_macro": r["coverage_macro"], "identical": r["identical_samples_fraction"]}
+           "cov_macro": r["coverage_macro"], "identical": r["identical_samples_fraction"],
+           "ceiling_micro": r["coverage_ceiling_micro"], "ceiling_macro": r["coverage_ceiling_macro"]}
     if "conflicts_per_sample" in r:
         out["conflicts"] = r["conflicts_per_sample"]
         first = t.conflicts(part.inputs, traj.answers[:, 0])  # one sample per input

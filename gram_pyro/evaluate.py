@@ -120,6 +120,7 @@ def save_plots(run_dir, report, traj, part, task) -> list:
 def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
     m, n = traj.answers.shape[:2]
     cov = metrics.coverage(task, part, traj.answers)
+    ceiling = metrics.coverage_ceiling(part, n)
     ns = sorted({k for k in (1, 2, 4, 8, 16, 20, 32, 64, n) if k <= n})
     curve = metrics.coverage_curve(task, part, traj.answers, ns)
     selected = {method: metrics.accuracy(task, part.inputs, select(task, traj.answers, traj.values, method))
@@ -135,6 +136,8 @@ def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
         "sample_accuracy": cov["sample_accuracy"],
         "accuracy": selected,
         "coverage_micro": cov["micro"], "coverage_macro": cov["macro"],
+        # the most that n independent samples can expect (metrics.coverage_ceiling)
+        "coverage_ceiling_micro": ceiling["micro"], "coverage_ceiling_macro": ceiling["macro"],
         "coverage_curve": curve,
         "completions_per_input": float(part.num_completions.mean()),
         "identical_samples_fraction": identical,
@@ -153,7 +156,9 @@ def format_report(r: dict) -> str:
         f"{r['model']} on {r['task']} ({r['split']} split, {r['inputs']} inputs, {n} prior "
         f"samples each, {r['completions_per_input']:.2f} valid completions per input)",
         f"  sample accuracy (all trajectories): {100 * r['sample_accuracy']:.1f}%",
-        f"  coverage@{n}: micro {100 * r['coverage_micro']:.1f}%, macro {100 * r['coverage_macro']:.1f}%",
+        f"  coverage@{n}: micro {100 * r['coverage_micro']:.1f}%, macro {100 * r['coverage_macro']:.1f}% "
+        f"(the most {n} independent samples can expect: micro "
+        f"{100 * r['coverage_ceiling_micro']:.1f}%, macro {100 * r['coverage_ceiling_macro']:.1f}%)",
         "  selection               accuracy",
     ]
     for method, acc in r["accuracy"].items():

@@ -5,6 +5,7 @@
   reported two ways because the paper does not say which it uses:
     macro = mean over inputs of (found_i / completions_i);
     micro = sum_i found_i / sum_i completions_i.
+  Its ceiling: what N independent draws can expect at best (``coverage_ceiling``).
 - validity and the unique fraction, for unconditionally generated samples.
 - conflict edges, for graph colouring (``task.conflicts``).
 
@@ -57,6 +58,24 @@ def coverage(task: Task, split: Split, samples: np.ndarray) -> dict:
         "completions": totals,
         "sample_accuracy": float(correct.mean()),
     }
+
+
+def coverage_ceiling(split: Split, n: int) -> dict:
+    """The micro and macro coverage@``n`` that ``n`` independent draws can expect at best.
+
+    An input with K completions, sampled n times independently with probabilities q_k, expects
+    sum_k 1 - (1 - q_k)^n distinct completions. That sum is concave and symmetric in q, so the
+    uniform q = 1/K maximises it: K (1 - (1 - 1/K)^n). No model whose samples are independent
+    given the input (GRAM's prior rollouts, the baseline, any i.i.d. sampler) expects more. With
+    n = 20 and an input of 30 completions it is 15.6, not 20.
+    """
+    k = np.asarray(split.num_completions, dtype=np.float64)
+    if n < 1:
+        raise ValueError(f"coverage_ceiling: n must be at least 1, got {n}")
+    safe = np.maximum(k, 1.0)
+    expected = np.where(k > 0, safe * (1.0 - (1.0 - 1.0 / safe) ** n), 0.0)
+    return {"micro": float(expected.sum() / max(k.sum(), 1.0)),
+            "macro": float(np.mean(expected / safe)) if len(k) else float("nan")}
 
 
 def coverage_curve(task: Task, split: Split, samples: np.ndarray, ns) -> dict:

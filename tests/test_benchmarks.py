@@ -16,7 +16,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
            "selection", "ddp", "beta", "generation", "throughput", "time_to_quality", "act",
-           "recipe", "sudoku_width_depth", "images", "ablations", "arc"]
+           "recipe", "sudoku_width_depth", "images", "ablations", "arc", "coverage_ceiling"]
 CHECKED = {"sudoku_width_depth"}  # scripts whose --quick output a test of its own checks (below)
 
 

@@ -44,7 +44,6 @@ def test_terms_match_a_hand_computation():
     elbo = GramELBO(beta=0.3, kl_balance=0.8)
     model_trace, guide_trace = elbo._get_trace(tiny_model, tiny_guide, (y,), {})
     terms = elbo.terms(model_trace, guide_trace)
-    z1 = guide_trace.nodes["z1"]["value"]
     z2 = guide_trace.nodes["z2"]["value"]
     recon = torch.distributions.Normal(z2.sum(-1), 0.5).log_prob(y)
     kl1 = 3 * kl_normal(-0.2, 0.7, PRIOR_LOC, PRIOR_SCALE)

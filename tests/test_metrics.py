@@ -28,6 +28,36 @@ def test_coverage_counts_distinct_valid_answers_against_all_completions():
     assert one["micro"] < one["macro"] < 1  # micro weighs the many-solution inputs more
 
 
+def test_coverage_ceiling_is_what_uniform_independent_sampling_expects_and_no_skew_beats_it():
+    task, split = _setup()
+    part = split.subset(np.arange(60))
+    n, reps = 5, 400
+    rng = np.random.default_rng(0)
+    k = part.num_completions
+
+    def draw(weights_of):  # mean micro and macro coverage of n independent draws per input
+        micro, macro = [], []
+        for _ in range(reps):
+            picks = np.stack([part.completions_of(i)[rng.choice(k[i], n, p=weights_of(k[i]))]
+                              for i in range(len(part))])
+            c = metrics.coverage(task, part, picks)
+            micro.append(c["micro"])
+            macro.append(c["macro"])
+        return np.mean(micro), np.mean(macro)
+
+    ceiling = metrics.coverage_ceiling(part, n)
+    assert k.max() > 1 and ceiling["micro"] < 1  # some input cannot be covered by 5 draws
+    micro, macro = draw(lambda K: np.full(K, 1 / K))
+    assert abs(micro - ceiling["micro"]) < 0.01 and abs(macro - ceiling["macro"]) < 0.01
+    skewed = draw(lambda K: np.r_[0.6, np.full(K - 1, 0.4 / (K - 1))] if K > 1 else np.ones(1))
+    assert skewed[0] < ceiling["micro"] - 0.02 and skewed[1] < ceiling["macro"] - 0.02
+    # the closed form on the input with the most completions K: K (1 - (1 - 1/K)^20) found
+    one = part.subset(np.flatnonzero(k == k.max())[:1])
+    K = int(one.num_completions[0])
+    assert np.isclose(metrics.coverage_ceiling(one, 20)["micro"], 1 - (1 - 1 / K) ** 20)
+    assert metrics.coverage_ceiling(one, 10_000)["micro"] > 0.999
+
+
 def test_invalid_or_inconsistent_answers_are_not_found():
     task, split = _setup()
     bad = np.zeros((len(split), 3, 64), np.int64)  # empty boards
