@@ -34,7 +34,8 @@ class Config:
         ``conv`` stem, :class:`~gram_pyro.nets.ConvStem`; image tasks only).
     Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup), ``levels`` (2: the
         h / l recursion; 1: a single level, the Looped Transformer baseline).
-    Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``,
+    Objective: ``objective`` (see :func:`gram_pyro.recursion.transition_rules`), ``beta``
+        (reached from ``beta_start`` over ``beta_anneal_steps``: KL annealing or a warm-down),
         ``kl_balance``, ``deterministic`` (noise off: the baseline), ``act_weight``,
         ``lprm_weight``.
     Ablations (the paper's Table 3, docs/design.md §11): ``noise`` ("learned"; "zero_mean": the
@@ -111,7 +112,10 @@ class Config:
     # Shidoku at 15 min 100% valid and 287 of 288 grids against 97.3% and 283 (16 steps). The
     # paper preset restores the paper's betas.
     beta: float = 2.0
-    beta_anneal_steps: int = 0  # KL annealing: beta ramps up from 0 over this many steps
+    # beta moves linearly from beta_start to beta over beta_anneal_steps (0: beta throughout);
+    # from 0 it is KL annealing, from above beta a warm-down (schedule.Schedule.beta)
+    beta_anneal_steps: int = 0
+    beta_start: float = 0.0
     kl_balance: float = 0.8
     deterministic: bool = False
     # the paper's Table 3 ablations, each one switch in the same code path (docs/design.md §11)
@@ -230,7 +234,8 @@ RANGES = {
     "expansion": (0, 64, True), "head_expansion": (0, 64, False), "n_prefix": (1, 1024, False), "sigma_floor": (0, 1, True),
     "init_sigma": (0, 100, True), "critic_layers": (0, 64, False),
     "k_low": (1, 64, False), "levels": (1, 2, False), "t_high": (1, 64, False), "n_supervision": (1, 1024, False),
-    "beta": (0, 1e6, True), "beta_anneal_steps": (0, 10 ** 9, False), "kl_balance": (0, 1, False),
+    "beta": (0, 1e6, True), "beta_anneal_steps": (0, 10 ** 9, False), "beta_start": (0, 1e6, False),
+    "kl_balance": (0, 1, False),
     "act_weight": (0, 1e6, False), "lprm_weight": (0, 1e6, False),
     "critic_fit_steps": (0, 10 ** 9, False), "critic_fit_inputs": (2, 10 ** 8, False),
     "critic_fit_trajectories": (1, 10_000, False), "critic_fit_share": (0, 0.99, False),

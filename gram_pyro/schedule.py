@@ -5,7 +5,9 @@ to ``lr / 10`` at the last step (or stays at ``lr`` with ``lr_schedule="constant
 ``max_minutes`` the number of steps is not known in advance: :meth:`Schedule.replan` estimates how
 many fit in the time left from the mean step time so far, and moves the cosine's horizon there.
 The hard stop is the clock itself; the critic fit at the end takes ``critic_fit_share`` of it.
-The KL weight can be annealed from 0 to ``beta`` over ``beta_anneal_steps`` (off by default).
+The KL weight can move linearly from ``beta_start`` to ``beta`` over ``beta_anneal_steps`` (off by
+default): up from 0, KL annealing; down from above ``beta``, a costly latent channel early on, so
+that the trunk learns to reason before the guide can hand it the answer.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ class Schedule:
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def beta(self, step: int) -> float:
-        """The KL weight at ``step``: ``beta``, ramped up linearly from 0 over
-        ``beta_anneal_steps`` when that is set (KL annealing)."""
+        """The KL weight at ``step``: ``beta``, reached linearly from ``beta_start`` over
+        ``beta_anneal_steps`` when that is set (from 0: KL annealing; from above: a warm-down)."""
         cfg = self.cfg
         if step >= cfg.beta_anneal_steps:
             return cfg.beta
-        return cfg.beta * (step + 1) / cfg.beta_anneal_steps
+        return cfg.beta_start + (cfg.beta - cfg.beta_start) * (step + 1) / cfg.beta_anneal_steps
 
     def training_seconds(self) -> float | None:
         """The share of ``max_minutes`` for the model (None: no time budget)."""

@@ -8,6 +8,7 @@ import torch
 
 from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.errors import UserError
+from gram_pyro.schedule import Schedule
 from gram_pyro.train import Trainer
 from tests.helpers import tiny_config
 
@@ -174,5 +175,8 @@ def test_kl_annealing_ramps_the_elbo_beta_up_to_the_configured_value(tmp_path):
     ramp = [b for b in seen if b < 2.0]
     assert len(ramp) >= 2 and ramp == sorted(set(ramp)) and 0 < ramp[0] and seen[-1] == 2.0
     assert Trainer(tiny_config(extra=["beta=2"]), tmp_path / "s", progress=False).schedule.beta(0) == 2.0
+    # a warm-down: from beta_start above beta, down to beta, then beta
+    down = Schedule(tiny_config(extra=["beta=2", "beta_start=8", "beta_anneal_steps=4"]))
+    assert [down.beta(s) for s in range(6)] == [6.5, 5.0, 3.5, 2.0, 2.0, 2.0]
     with pytest.raises(UserError, match="beta"):
         tiny_config(extra=["beta=0"])
