@@ -67,7 +67,7 @@ def coverage_ceiling(split: Split, n: int) -> dict:
     sum_k 1 - (1 - q_k)^n distinct completions. That sum is concave and symmetric in q, so the
     uniform q = 1/K maximises it: K (1 - (1 - 1/K)^n). No model whose samples are independent
     given the input (GRAM's prior rollouts, the baseline, any i.i.d. sampler) expects more. With
-    n = 20 and an input of 30 completions it is 15.6, not 20.
+    n = 20 and an input of 30 completions it is 14.8, not 20.
     """
     k = np.asarray(split.num_completions, dtype=np.float64)
     if n < 1:
