@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -227,8 +228,15 @@ class RunLock:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+            # the holder writes its PID just after it takes the lock: give it a moment to
+            # appear, so the message names the process to wait for
+            for _ in range(20):
+                f.seek(0)
+                holder = f.read().strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            holder = holder or "another process"
             f.close()
             raise UserError(f"run folder {str(self.folder)!r} is in use by {holder}; wait for it "
                             "to finish or choose another folder") from None
