@@ -107,14 +107,19 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ceiling(results: dict) -> dict | None:
+    """The evaluated inputs' coverage ceiling (the same in every record: one split), if any."""
+    return next((r for rs in results.values() for s in rs.values() for r in s.values()
+                 if "ceiling_micro" in r), None)
+
+
 def ceiling_note(results: dict) -> str:
     """The coverage 20 independent samples can expect at best on the evaluated inputs."""
-    found = [r for rs in results.values() for s in rs.values() for r in s.values()
-             if "ceiling_micro" in r]
-    if not found:
+    found = ceiling(results)
+    if found is None:
         return ""
     return (f"No sampler of 20 independent draws per input can expect more than micro "
-            f"{100 * found[0]['ceiling_micro']:.1f}% and macro {100 * found[0]['ceiling_macro']:.1f}% "
+            f"{100 * found['ceiling_micro']:.1f}% and macro {100 * found['ceiling_macro']:.1f}% "
             "coverage@20 on these inputs: that is 20 uniform draws over each input's completions "
             "(`metrics.coverage_ceiling`). Inputs with more than a handful of completions keep "
             "any model below 100%.")
@@ -163,10 +168,8 @@ def plot(task: str, results: dict, path: Path) -> None:
             ax.plot(points, mean, marker="o", label=model)
             for p, v in zip(points, vals):
                 ax.scatter([p] * len(v), [100 * x for x in v], s=10, color="grey", alpha=0.6)
-        ceiling = [r["ceiling_micro"] for rs in results.values() for s in rs.values()
-                   for r in s.values() if "ceiling_micro" in r]
-        if m == "cov_micro" and ceiling:
-            ax.axhline(100 * ceiling[0], ls="--", color="grey",
+        if m == "cov_micro" and ceiling(results) is not None:
+            ax.axhline(100 * ceiling(results)["ceiling_micro"], ls="--", color="grey",
                        label="20 independent samples, at best")
         ax.set_xlabel("training minutes (2 CPU cores)")
         ax.set_ylabel(COLUMNS[m][0] + " (%)")
@@ -235,8 +238,9 @@ def main(argv=None):
                 "learning rate would have decayed by then); mean ± sd over the seeds listed; prior "
                 f"rollouts of {tested}, 20 samples per input, the whole supervision budget "
                 "(no ACT).\n\n" + table(results))
-        if ceiling_note(results):
-            body += "\n\n" + ceiling_note(results)
+        note = ceiling_note(results)
+        if note:
+            body += "\n\n" + note
         figure = ROOT / "docs" / "figures" / f"ttq_{task}{'_' + args.tag if args.tag else ''}.png"
         if not args.quick:
             plot(task, results, figure)
