@@ -29,12 +29,12 @@ from _report import result_line, write_section  # noqa: E402
 from _runs import measure_run, train_run  # noqa: E402
 
 DEFAULT_VARIANTS = [
-    "before (joint critic, lr 1e-3, 200 warm-up steps, beta 1):"
-    "joint_critic=true,lr=1e-3,warmup_steps=200,beta=1",
-    "joint critic off:lr=1e-3,warmup_steps=200,beta=1",
-    "+ lr 2e-3, 50 warm-up steps:beta=1",
-    "+ beta 2 (the cpu preset):",
-    "+ init_sigma 0.5:init_sigma=0.5",
+    "before (joint critic, lr 1e-3, 200 warm-up steps, beta 1, init_sigma 1):"
+    "joint_critic=true,lr=1e-3,warmup_steps=200,beta=1,init_sigma=1",
+    "joint critic off:lr=1e-3,warmup_steps=200,beta=1,init_sigma=1",
+    "+ lr 2e-3, 50 warm-up steps:beta=1,init_sigma=1",
+    "+ beta 2:init_sigma=1",
+    "+ init_sigma 0.3 (the cpu preset):",
     "+ constant lr:lr_schedule=constant",
     "deterministic baseline (cpu preset):deterministic=true",
 ]

@@ -203,3 +203,43 @@ def test_the_guide_mixer_starts_as_the_training_guide():
     assert all(torch.allclose(a, b) for a, b in zip(before, after))
     assert set(guide_parameters(net)) > {k for k, _ in net.named_parameters()
                                          if k.startswith(("posterior_head.", "target_embed."))}
+
+
+def test_a_residual_guide_starts_at_the_prior_and_reads_the_answer_through_it():
+    """``add_guide_residual``: q = N(mu_p + dmu, (sigma_p r)^2), the prior exactly at the start."""
+    task, cfg, net, model, guide = tiny_programs()
+    u = torch.randn(3, net.n_prefix + net.seq_len, net.d_model)
+    y = torch.as_tensor(task.build(seed=0).train.pairs()[1][:3])
+    prior = net.prior(u)
+    net.add_guide_residual()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(net.posterior(u, y, prior), prior))
+    with pytest.raises(ValueError, match="relative to the prior"):
+        net.posterior(u, y)
+    # once it moves, q depends on the answer, and its scale stays the prior's times a ratio > 0
+    with torch.no_grad():
+        for p in net.guide_residual.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loc, scale = net.posterior(u, y, prior)
+    y2 = (y + 1) % task.answer_vocab
+    assert not torch.allclose(loc, net.posterior(u, y2, prior)[0])
+    assert bool((scale > 0).all()) and not torch.allclose(scale, prior[1])
+    assert {k for k in guide_parameters(net) if k.startswith("guide_residual.")}
+
+
+def test_fit_guide_in_residual_form_round_trips_and_leaves_prior_rollouts_alone(trained):
+    report = refit_guide(trained, steps=30, batch_size=16, lr=3e-3, form="residual")
+    assert report["form"] == "residual" and report["heldout_after"] >= report["heldout_before"]
+    task, cfg, net = load_run(trained, guide_fit=True)
+    assert net.guide_residual is not None
+    assert load_run(trained)[2].guide_residual is None
+    # the stored fit is what loglik's guide computes: a refit goes on from it in the same form
+    again = refit_guide(trained, steps=1, batch_size=16)
+    assert again["form"] == "residual"
+    assert again["heldout_before"] == pytest.approx(report["heldout_after"], abs=1e-4)
+    answers = []
+    for guide_fit in (False, True):
+        task, cfg, net = load_run(trained, guide_fit=guide_fit)
+        model, _ = programs(net, cfg)
+        pyro.set_rng_seed(5)
+        answers.append(prior_rollouts(model, task.build(seed=0).test.inputs[:6], 4).answers)
+    assert np.array_equal(answers[0], answers[1])
