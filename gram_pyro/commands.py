@@ -249,13 +249,6 @@ def add_subcommands(sub) -> None:
                    help="give q a block that mixes the answer across positions before its head "
                         "(default on; q otherwise reads each position's answer token alone); "
                         "it costs about one block per transition when estimating")
-    p.add_argument("--form", choices=("direct", "residual"),
-                   help="'direct': fit the training guide's own head; 'residual': q as the "
-                        "prior plus a correction read from the answer, starting from q = p (an "
-                        "answer-blind dimension then costs no KL). Default: the stored fit's "
-                        "form, else direct")
-    p.add_argument("--restart", action="store_true",
-                   help="start from the training guide, not from the stored fit")
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -536,8 +529,7 @@ def cmd_fit_guide(args) -> dict:
     from gram_pyro.guide_fit import format_report, refit_run
 
     report = refit_run(args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, mixer=args.mixer, form=args.form, restart=args.restart,
-                       seconds=args.minutes * 60 if args.minutes else None,
+                       seed=args.seed, mixer=args.mixer, seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
     print(dump_json(report) if args.json else format_report(report))
     return report

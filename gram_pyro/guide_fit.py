@@ -37,8 +37,8 @@ GUIDE_REPORT = "guide.json"
 
 def guide_parameters(net) -> dict:
     """The parameters only the guide reads, by name: the posterior head, the embedding of the
-    answer it conditions on, and the fitted guide's mixer and residual head if it has them."""
-    prefixes = ("posterior_head.", "target_embed.", "guide_mixer.", "guide_residual.")
+    answer it conditions on, and the fitted guide's mixer if it has one."""
+    prefixes = ("posterior_head.", "target_embed.", "guide_mixer.")
     return {k: p for k, p in net.named_parameters() if k.startswith(prefixes)}
 
 
@@ -128,37 +128,25 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
 
 
 def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, mixer: bool = True, form: str | None = None,
-              restart: bool = False, progress: bool = False, device="cpu") -> dict:
+              lr: float = 1e-3, seed: int = 0, mixer: bool = True, progress: bool = False,
+              device="cpu") -> dict:
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
     Starts from the run's EMA weights with its current fitted guide if it has one (so a second
-    call goes on from the first; ``restart`` starts from the training guide instead), fits on
-    the training pairs, and writes the fitted parameters to the checkpoint's ``guide_fit`` entry
-    (atomically, holding the run folder's lock) and the report to ``guide.json``. The training
-    state, the EMA weights and the critic are untouched.
-    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way).
-    ``form``: ``"direct"`` fits the training guide's own head; ``"residual"`` gives q a
-    :class:`~gram_pyro.nets.ResidualGuideHead` (q relative to the prior, starting at q = p);
-    None keeps the stored fit's form (direct when there is none). A residual fit cannot go back
-    to direct without ``restart``."""
-    if form not in (None, "direct", "residual"):
-        raise ValueError(f"form is 'direct' or 'residual', got {form!r}")
+    call goes on from the first), fits on the training pairs, and writes the fitted parameters
+    to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
+    report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
+    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way)."""
     run_dir = Path(run_dir)
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
         ckpt = load_checkpoint(run_dir)
-        task, cfg, net = load_run(run_dir, device=device, guide_fit=not restart, ckpt=ckpt)
+        task, cfg, net = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt)
         if cfg.deterministic or cfg.model == "ar":
             raise UserError(f"{str(run_dir)!r} is the {model_label(cfg)}: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
-        if form == "direct" and net.guide_residual is not None:
-            raise UserError(f"the guide fitted in {str(run_dir)!r} is residual on the prior; "
-                            "add --restart to fit a direct one from the training guide")
         if mixer:
             net.add_guide_mixer()
-        if form == "residual":
-            net.add_guide_residual()
         model, guide = programs(net, cfg)
         x, y = run_data(task, cfg).train.pairs()
         report = fit_guide(model, guide, x, y, steps=steps, batch_size=batch_size, lr=lr,
@@ -166,15 +154,12 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
         report["mixer"] = net.guide_mixer is not None
-        report["form"] = "direct" if net.guide_residual is None else "residual"
         store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
     return report
 
 
 def format_report(r: dict) -> str:
-    form = "residual on the prior" if r.get("form") == "residual" else "direct"
-    return (f"guide ({form}{', with a mixer' if r.get('mixer') else ''}) fitted on "
-            f"{r['pairs'] - r['heldout_pairs']} training pairs for {r['steps']} "
+    return (f"guide fitted on {r['pairs'] - r['heldout_pairs']} training pairs for {r['steps']} "
             f"steps (batch {r['batch_size']}, lr {r['lr']:g}) in {r['seconds']:.0f} s; held-out "
             f"full ELBO on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
             f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now uses it; prior rollouts "

@@ -237,9 +237,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "model": model_label(cfg),
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
                  (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps"
-                  + (", with a mixer" if fit.get("mixer") else "")
-                  + (", residual on the prior" if fit.get("form") == "residual" else "")
-                  + ", held-out ELBO "
+                  + (", with a mixer" if fit.get("mixer") else "") + ", held-out ELBO "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),

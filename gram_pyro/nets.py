@@ -256,31 +256,6 @@ class GuideMixer(nn.Module):
         return v + self.out(self.core(v))
 
 
-class ResidualGuideHead(nn.Module):
-    """q's noise relative to the prior's, for the guide fitted for likelihood alone (``gram
-    fit-guide --form residual``): ``q(eps_t) = N(mu_p + dmu, (sigma_p * r)^2)``, where
-    ``(dmu, r)`` are read from q's input and ``(mu_p, sigma_p)`` are the prior's at the same u_t.
-    Both outputs start at the identity (dmu = 0, r = 1), so the fit starts from q = p: a
-    transition, token or dimension the answer says nothing about costs no KL unless the fit moves
-    it, and the fit spends itself where y is informative (the residual Normal of NVAE)."""
-
-    def __init__(self, d_model: int, expansion: float, ratio_floor: float = 1e-3):
-        super().__init__()
-        hidden = int(expansion * d_model)
-        self.mu = SwiGLU(d_model, hidden)
-        self.raw_ratio = SwiGLU(d_model, hidden)
-        nn.init.zeros_(self.mu.down.weight)
-        nn.init.zeros_(self.raw_ratio.down.weight)
-        self.ratio_floor = ratio_floor
-        self.ratio_bias = math.log(math.expm1(1.0 - ratio_floor))  # softplus(0 + bias) + floor = 1
-
-    def forward(self, v, prior_loc, prior_scale):
-        with float32(v):
-            v = v.float()
-            ratio = F.softplus(self.raw_ratio(v) + self.ratio_bias) + self.ratio_floor
-            return prior_loc + self.mu(v), prior_scale * ratio
-
-
 class GramNet(nn.Module):
     """Everything GRAM learns, in one container (the ``pyro.module`` of model and guide).
 
@@ -333,23 +308,13 @@ class GramNet(nn.Module):
         self.register_buffer("l0", torch.randn(d_model))
         self.d_model = d_model
         self._mixer_shape = (total, d_model, expansion, block, n_heads)
-        self._head_expansion = head_expansion
         self.guide_mixer = None  # only a guide fitted for likelihood has one (add_guide_mixer)
-        self.guide_residual = None  # nor this (add_guide_residual)
 
     def add_guide_mixer(self) -> GuideMixer:
         """Give q a :class:`GuideMixer` (zero at the start, on the net's device), once."""
         if self.guide_mixer is None:
             self.guide_mixer = GuideMixer(*self._mixer_shape).to(self.h0.device)
         return self.guide_mixer
-
-    def add_guide_residual(self) -> ResidualGuideHead:
-        """Make q residual on the prior (:class:`ResidualGuideHead`, the identity at the start,
-        on the net's device), once; :meth:`posterior` then reads it instead of the training
-        guide's head."""
-        if self.guide_residual is None:
-            self.guide_residual = ResidualGuideHead(self.d_model, self._head_expansion).to(self.h0.device)
-        return self.guide_residual
 
     def initial_state(self, batch_shape) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (*batch_shape, self.n_prefix + self.seq_len, self.d_model)
@@ -374,22 +339,14 @@ class GramNet(nn.Module):
     def prior(self, u):
         return self.prior_head(u)
 
-    def posterior(self, u, y, prior=None):
-        """q's ``(loc, scale)`` from u_t and the answer y ``[..., answer_len]`` (embedded in
-        place). A guide made residual (:meth:`add_guide_residual`) needs the prior's
-        ``(loc, scale)`` at the same u_t as ``prior``."""
+    def posterior(self, u, y):
+        """q's parameters from u_t and the answer y ``[..., answer_len]`` (embedded in place)."""
         emb = self.target_embed(y)
         pad_before = self.answer_start
         pad_after = u.shape[-2] - pad_before - self.answer_len
         emb = F.pad(emb, (0, 0, pad_before, pad_after))
         v = u + emb
-        if self.guide_mixer is not None:
-            v = self.guide_mixer(v)
-        if self.guide_residual is None:
-            return self.posterior_head(v)
-        if prior is None:
-            raise ValueError("a residual guide is relative to the prior: pass prior=(loc, scale)")
-        return self.guide_residual(v, *prior)
+        return self.posterior_head(v if self.guide_mixer is None else self.guide_mixer(v))
 
     def decode(self, h):
         """Answer logits ``[..., answer_len, answer_vocab]`` (float32)."""

@@ -31,8 +31,7 @@ class GramGuide(RecursionProgram):
 
         def posterior(u, rule):
             if rule.posterior:
-                prior = self.prior_params(u) if net.guide_residual is not None else None
-                return dist.Normal(*net.posterior(u, y, prior)).to_event(2)
+                return dist.Normal(*net.posterior(u, y)).to_event(2)
             with grad_enabled(False):
                 return dist.Normal(*self.prior_params(u)).to_event(2)
 
