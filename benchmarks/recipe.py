@@ -34,7 +34,8 @@ DEFAULT_VARIANTS = [
     "joint critic off:lr=1e-3,warmup_steps=200,beta=1,init_sigma=1",
     "+ lr 2e-3, 50 warm-up steps:beta=1,init_sigma=1",
     "+ beta 2:init_sigma=1",
-    "+ init_sigma 0.3 (the cpu preset):",
+    "+ init_sigma 0.3:init_sigma=0.3",
+    "the cpu preset (init_sigma 1, colouring 0.3):",
     "+ constant lr:lr_schedule=constant",
     "deterministic baseline (cpu preset):deterministic=true",
 ]

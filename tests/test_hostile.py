@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from gram_pyro.checkpoint import CHECKPOINT, PREVIOUS, RunLock, atomic_save, load_checkpoint
 from gram_pyro.cli import main
-from gram_pyro.config import CHOICES, RANGES, Config, make_config
+from gram_pyro.config import CHOICES, RANGES, TASK_INIT_SIGMA, Config, make_config
 from gram_pyro.errors import UserError
 from gram_pyro.tasks import get_task
 from gram_pyro.train import Trainer
@@ -581,3 +581,11 @@ def test_task_dependent_defaults_follow_the_task_however_it_is_given():
     assert make_config("paper", ["task=nqueens-10"]).beta == make_config("paper", task="nqueens-10").beta
     assert make_config("paper", ["task=sudoku-9", "unconditional=true"]).beta == 0.05
     assert make_config("cpu", ["model=ar"], task="nqueens-8").n_supervision == 1
+    # colouring starts its noise at its own scale, the rest at the field's default, and an
+    # explicit init_sigma wins either way
+    for preset in ("cpu", "paper"):
+        for task in ("sudoku-4", "nqueens-10", "digits-8"):
+            assert make_config(preset, task=task).init_sigma == Config.init_sigma
+        for cfg in (make_config(preset, task="coloring-10"), make_config(preset, ["task=coloring-8"])):
+            assert cfg.init_sigma == TASK_INIT_SIGMA["coloring"] != Config.init_sigma
+        assert make_config(preset, ["init_sigma=0.5"], task="coloring-8").init_sigma == 0.5
