@@ -37,24 +37,27 @@ from _runs import tiny_run  # noqa: E402
 CHUNK = 1000  # prior trajectories per pass
 
 
+def site_kls(model_trace, guide_trace) -> dict:
+    """KL(q || p) of every noise site ``eps_*``, element by element: {name: [B, P+L, D]}."""
+    from torch.distributions import kl_divergence
+
+    return {name: kl_divergence(guide_trace.nodes[name]["fn"].base_dist, site["fn"].base_dist)
+            for name, site in model_trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and name.startswith("eps_")}
+
+
 def kl_breakdown(model, guide, x, y) -> dict:
     """Per-site KL per pair, the reconstruction, and the element counts holding the KL."""
     import torch
-    from torch.distributions import kl_divergence
 
     from gram_pyro.elbo import guided_traces
     from gram_pyro.recursion import SharedRecursion
 
     mt, gt = guided_traces(model, guide, x, y, shared=SharedRecursion())
     recon = mt.nodes["y"]["fn"].log_prob(mt.nodes["y"]["value"])
-    sites, per_element = {}, []
-    for name, site in mt.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or not name.startswith("eps_"):
-            continue
-        k = kl_divergence(gt.nodes[name]["fn"].base_dist, site["fn"].base_dist)  # [B, P+L, D]
-        sites[name] = float(k.sum((-1, -2)).mean())
-        per_element.append(k.reshape(k.shape[0], -1))
-    flat = torch.cat(per_element, 1)  # [B, elements]
+    kls = site_kls(mt, gt)
+    sites = {name: float(k.sum((-1, -2)).mean()) for name, k in kls.items()}
+    flat = torch.cat([k.reshape(k.shape[0], -1) for k in kls.values()], 1)  # [B, elements]
     share = flat.sort(1, descending=True).values.cumsum(1) / flat.sum(1, keepdim=True)
     held = {f"{int(100 * f)}%": float((share < f).sum(1).float().mean() + 1) for f in (0.5, 0.9, 0.99)}
     return {"recon": float(recon.mean()), "kl": float(flat.sum(1).mean()), "sites": sites,
@@ -65,7 +68,6 @@ def prior_mass(model, guide, x, draws: int) -> dict:
     """Rejection from the prior for the answer drawn most often, against the guide's code."""
     import torch
     from pyro import poutine
-    from torch.distributions import kl_divergence
 
     from gram_pyro.elbo import guided_traces
     from gram_pyro.recursion import SharedRecursion
@@ -94,8 +96,8 @@ def prior_mass(model, guide, x, draws: int) -> dict:
     lp = torch.cat(lp)
     # the training guide's code for that answer, in the same units
     mt, gt = guided_traces(model, guide, x, y, shared=SharedRecursion())
-    kl = torch.cat([kl_divergence(gt.nodes[k]["fn"].base_dist, mt.nodes[k]["fn"].base_dist).reshape(-1)
-                    for k in noise_sites])
+    kls = site_kls(mt, gt)
+    kl = torch.cat([kls[k].reshape(-1) for k in noise_sites])
     code = torch.cat([((gt.nodes[k]["fn"].base_dist.loc - mt.nodes[k]["fn"].base_dist.loc)
                        / mt.nodes[k]["fn"].base_dist.scale).reshape(-1) for k in noise_sites])
     top = kl.argsort(descending=True)[:32]

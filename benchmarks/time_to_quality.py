@@ -159,6 +159,7 @@ def plot(task: str, results: dict, path: Path) -> None:
     from gram_pyro import plots
 
     metrics = ["valid", "coverage"] if task.endswith("-unconditional") else ["acc", "cov_micro"]
+    best = ceiling(results)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     for ax, m in zip(axes, metrics):
         for model, rs in results.items():
@@ -168,8 +169,8 @@ def plot(task: str, results: dict, path: Path) -> None:
             ax.plot(points, mean, marker="o", label=model)
             for p, v in zip(points, vals):
                 ax.scatter([p] * len(v), [100 * x for x in v], s=10, color="grey", alpha=0.6)
-        if m == "cov_micro" and ceiling(results) is not None:
-            ax.axhline(100 * ceiling(results)["ceiling_micro"], ls="--", color="grey",
+        if m == "cov_micro" and best is not None:
+            ax.axhline(100 * best["ceiling_micro"], ls="--", color="grey",
                        label="20 independent samples, at best")
         ax.set_xlabel("training minutes (2 CPU cores)")
         ax.set_ylabel(COLUMNS[m][0] + " (%)")
