@@ -6,6 +6,7 @@ runs the real user path, ``python -m torch.distributed.run --nproc_per_node=2 -m
 train``, as a subprocess.
 """
 
+import gc
 import json
 import os
 import socket
@@ -77,8 +78,12 @@ def _fit(cfg, out) -> tuple:
 
 
 def _worker(rank: int, world: int, port: int, root: str):
+    import faulthandler
+
     import torch.distributed as dist
 
+    # a rank killed by a signal (an abort inside gloo) leaves its Python stack for the fixture
+    faulthandler.enable(open(os.path.join(root, f"fault{rank}.txt"), "w"), all_threads=True)
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
     writes: list = []
@@ -129,6 +134,11 @@ def _worker(rank: int, world: int, port: int, root: str):
         report["stop"] = str(e)
     report["writes"] = writes
     Path(root, f"rank{rank}.json").write_text(json.dumps(report))
+    # leave together, and free the trainers' DDP wrappers (which hold the process group) while
+    # the interpreter is alive: gloo objects torn down at interpreter exit can abort the process
+    dist.barrier()
+    del trainer, resumed, skipper, stopper
+    gc.collect()
     dist.destroy_process_group()
 
 
@@ -141,7 +151,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    try:
+        torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2,
+                                    join=True)
+    except torch.multiprocessing.ProcessExitedException as e:  # died by a signal: say where
+        stacks = "\n".join(f"rank {r}:\n{(root / f'fault{r}.txt').read_text()}" for r in range(2))
+        raise AssertionError(f"{e}\n{stacks}") from None
     return [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
 
 
