@@ -136,6 +136,9 @@ def main(argv=None):
     p.add_argument("--guide-minutes", type=float, default=5.0)
     p.add_argument("--mixer", action=argparse.BooleanOptionalAction, default=True,
                    help="fit the guide with its mixer (gram fit-guide's default)")
+    p.add_argument("--objective", choices=["elbo", "rws"], default="elbo",
+                   help="what gram fit-guide fits q to (its --objective)")
+    p.add_argument("--fit-particles", type=int, default=16, help="rws: particles per pair")
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -154,9 +157,10 @@ def main(argv=None):
         if label == "fitted guide":
             start = time.perf_counter()
             fit = refit_run(work, steps=args.guide_steps, seconds=args.guide_minutes * 60,
-                            mixer=args.mixer, progress=True)
+                            mixer=args.mixer, objective=args.objective,
+                            particles=args.fit_particles, progress=True)
             fit_seconds = time.perf_counter() - start
-            print(f"guide fit: {fit['steps']} steps in {fit_seconds:.0f} s, held-out ELBO "
+            print(f"guide fit: {fit['steps']} steps in {fit_seconds:.0f} s, held-out {fit['bound']} "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f}", flush=True)
         results[label] = run_loglik(work, particles=args.particles, limit=args.limit, smc=True)
         big[label] = run_loglik(work, particles=args.big_particles, limit=args.big_limit, smc=False) \
@@ -187,9 +191,10 @@ def main(argv=None):
     body = (f"{r0['model']} run `{args.run}` on {r0['task']}: {r0['quantity']} on {r0['examples']} "
             f"{r0['split']} (input, completion) pairs (seeded subset), K = {args.particles} guide "
             f"particles; IWAE_{args.big_particles} on the first {args.big_limit} of them. "
-            f"The fitted guide: `gram fit-guide{'' if args.mixer else ' --no-mixer'}` "
-            f"({fit['steps']} steps, {fit_seconds:.0f} s; held-out "
-            f"full ELBO {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair). "
+            f"The fitted guide: `gram fit-guide{'' if args.mixer else ' --no-mixer'}"
+            + (f" --objective rws --particles {args.fit_particles}" if args.objective == "rws" else "")
+            + f"` ({fit['steps']} steps, {fit_seconds:.0f} s; held-out "
+            f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair). "
             "± is the standard error over pairs; IWAE_k for k < K averages the K // k disjoint "
             "groups of k particles; SMC resamples over the supervision steps with the guide as "
             "proposal (`gram_pyro.likelihood.smc_log_likelihood`); k-hat is the Pareto tail index "

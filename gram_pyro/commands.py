@@ -249,6 +249,15 @@ def add_subcommands(sub) -> None:
                    help="give q a block that mixes the answer across positions before its head "
                         "(default on; q otherwise reads each position's answer token alone); "
                         "it costs about one block per transition when estimating")
+    p.add_argument("--objective", choices=["elbo", "rws"], default="elbo",
+                   help="'elbo': maximize the full ELBO, KL(q || posterior), which sits q inside "
+                        "the posterior (a tight ELBO); 'rws': reweighted wake-sleep's q update, "
+                        "KL(posterior || q), which spreads q over the whole posterior (lighter-"
+                        "tailed importance weights; each step costs --particles trajectories per "
+                        "pair without backpropagation through them). Default elbo")
+    p.add_argument("--particles", type=int_at_least(2, 4096), default=16,
+                   help="rws only: particles per pair (default 16; a step runs --batch-size "
+                        "pairs times this many trajectories)")
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -529,7 +538,9 @@ def cmd_fit_guide(args) -> dict:
     from gram_pyro.guide_fit import format_report, refit_run
 
     report = refit_run(args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, mixer=args.mixer, seconds=args.minutes * 60 if args.minutes else None,
+                       seed=args.seed, mixer=args.mixer, objective=args.objective,
+                       particles=args.particles,
+                       seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
     print(dump_json(report) if args.json else format_report(report))
     return report

@@ -9,8 +9,14 @@ This module refits the guide alone for the likelihood's purpose. The generative 
 frozen (its weights do not even receive gradients); the guide's own parameters (the posterior
 head and the answer embedding, :func:`guide_parameters`) maximize the full ELBO of Eq. 13 on
 training pairs: every transition of every supervision step, beta = 1, no balancing, gradients
-through the whole trajectory. A tenth of the pairs is held out and the parameters with the best
-held-out ELBO are kept. The result is stored in the checkpoint's ``guide_fit`` entry, beside the
+through the whole trajectory (``objective="elbo"``). That is KL(q || p(eps | x, y)), which
+seeks a mode: where the posterior is a region of noise that decodes to y, a Gaussian q sits inside
+it and the importance weights grow heavy tails. ``objective="rws"`` minimizes the other
+direction, KL(p(eps | x, y) || q), which covers the posterior: the wake-phase q update of
+reweighted wake-sleep (Pyro's :class:`~pyro.infer.ReweightedWakeSleep`), here on the
+``trajectories`` plate so that K particles are one batched pass (:func:`wake_phi_loss`).
+A tenth of the pairs is held out and the parameters with the best held-out bound are kept (the
+ELBO for ``elbo``, IWAE_K for ``rws``). The result is stored in the checkpoint's ``guide_fit`` entry, beside the
 training state, which it leaves alone; :func:`gram_pyro.checkpoint.load_run` puts it on top of
 the EMA weights for ``gram loglik`` only. The prior never reads these parameters, so prior
 rollouts (and every accuracy or coverage figure) are the same before and after.
@@ -24,13 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
 from gram_pyro.build import model_label, programs, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
+from gram_pyro.importance import log_mean_exp, normalized, site_log_prob_sum, weighted_traces
 from gram_pyro.recursion import SharedRecursion
+
+OBJECTIVES = ("elbo", "rws")
+TRAJECTORIES_PER_PASS = 512  # the held-out IWAE's passes (as gram_pyro.likelihood's)
 
 GUIDE_REPORT = "guide.json"
 
@@ -57,16 +68,56 @@ def heldout_elbo(model, guide, x, y, *, batch_size: int, seed: int) -> float:
     return total / len(x)
 
 
+def heldout_iwae(model, guide, x, y, *, particles: int, seed: int) -> float:
+    """The mean IWAE_K (nats per pair, K = ``particles``) of ``(x, y)`` on an RNG forked and
+    seeded with ``seed``: the bound the ``rws`` fit keeps the best of."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    per = max(1, TRAJECTORIES_PER_PASS // particles)  # pairs per pass
+    total = 0.0
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, len(x), per):
+            log_w, _, _ = weighted_traces(model, guide, x[i:i + per], y[i:i + per], particles,
+                                        shared=SharedRecursion())
+            total += float(log_mean_exp(log_w).sum())
+    return total / len(x)
+
+
+def wake_phi_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
+    """Reweighted wake-sleep's wake-phase loss for q, summed over the pairs:
+    ``-sum_k w~_k log q(eps_k | x, y)`` with ``eps_k ~ q`` held fixed and ``w~`` the
+    self-normalized importance weights ``p(y, eps_k | x) / q(eps_k | x, y)``. Its gradient in q's
+    parameters estimates that of ``-KL(p(eps | x, y) || q)``: it pulls q over the whole
+    posterior, which is what a proposal needs. The particles are drawn without gradient; the
+    guide then replays them (``poutine.replay``) with the same ``kwargs``: under GRAM's
+    ``shared=SharedRecursion()`` the recursion is not recomputed, and only q's own layers carry
+    gradient."""
+    with torch.no_grad():
+        log_w, _, sampled = weighted_traces(model, guide, x, y, particles, **kwargs)
+    replayed = poutine.trace(poutine.replay(guide, trace=sampled)).get_trace(
+        x, y, num_samples=particles, **kwargs)
+    replayed.compute_log_prob()
+    log_q = site_log_prob_sum(replayed, log_w.shape)
+    return -(normalized(log_w) * log_q).sum()
+
+
 def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
               batch_size: int = 32, lr: float = 1e-3, holdout: float = 0.1, eval_every: int = 50,
               seconds: float | None = None, seed: int = 0, max_heldout: int = 256,
-              progress: bool = False) -> dict:
+              objective: str = "elbo", particles: int = 16, progress: bool = False) -> dict:
     """Fit the guide's parameters of ``model.net`` in place on the pairs ``(x, y)``; a report.
 
-    Adam on minus the full ELBO (:class:`~gram_pyro.elbo.GramELBO` with beta = 1 and no KL
-    balancing) of a batch, the model frozen. ``seconds`` bounds the fit (``steps`` is then an
-    upper bound). A seeded tenth of the pairs (at most ``max_heldout``) is held out; the
-    parameters with the best held-out ELBO are kept, so the fit never leaves it worse."""
+    Adam, the model frozen, on a batch's minus full ELBO (``objective="elbo"``:
+    :class:`~gram_pyro.elbo.GramELBO` with beta = 1 and no KL balancing) or its
+    :func:`wake_phi_loss` with ``particles`` particles per pair (``"rws"``: a step then runs
+    ``batch_size * particles`` trajectories, without gradient through them). ``seconds`` bounds the fit
+    (``steps`` is then an upper bound). A seeded tenth of the pairs (at most ``max_heldout``) is
+    held out; the parameters with the best held-out ELBO (``elbo``) or IWAE_K (``rws``) are
+    kept, so the fit never leaves that bound worse."""
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown guide-fit objective {objective!r}; choose {' or '.join(OBJECTIVES)}")
+    if objective == "rws" and particles < 2:
+        raise UserError(f"the rws fit needs at least 2 particles per pair, got {particles}")
     start = time.monotonic()
     net = model.net
     device = next(net.parameters()).device
@@ -78,7 +129,10 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long, device=device)  # noqa: E731
     hx, hy = as_t(x[order[:n_held]]), as_t(y[order[:n_held]])
     tx, ty = x[order[n_held:]], y[order[n_held:]]
-    score = lambda: heldout_elbo(model, guide, hx, hy, batch_size=batch_size, seed=seed)  # noqa: E731
+    if objective == "elbo":
+        score = lambda: heldout_elbo(model, guide, hx, hy, batch_size=batch_size, seed=seed)  # noqa: E731
+    else:
+        score = lambda: heldout_iwae(model, guide, hx, hy, particles=particles, seed=seed)  # noqa: E731
     before = score()
 
     params = guide_parameters(net)
@@ -96,7 +150,11 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
             for done in range(1, steps + 1):
                 idx = gen.integers(0, len(tx), min(batch_size, len(tx)))
                 bx, by = as_t(tx[idx]), as_t(ty[idx])
-                loss = elbo.differentiable_loss(model, guide, bx, by, shared=SharedRecursion()) / len(idx)
+                if objective == "elbo":
+                    loss = elbo.differentiable_loss(model, guide, bx, by, shared=SharedRecursion())
+                else:
+                    loss = wake_phi_loss(model, guide, bx, by, particles, shared=SharedRecursion())
+                loss = loss / len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if not math.isfinite(float(loss.detach())):
@@ -104,7 +162,7 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
                 bar.update()
-                bar.set_postfix(elbo=f"{-float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
                 last = done == steps or (deadline is not None and time.monotonic() > deadline)
                 if done % eval_every == 0 or last:
                     value = score()
@@ -122,21 +180,25 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
         for k, p in net.named_parameters():
             p.requires_grad_(grads[k])
     return {"pairs": len(x), "heldout_pairs": n_held, "steps": done, "batch_size": batch_size,
-            "lr": lr, "seconds": round(time.monotonic() - start, 1),
+            "lr": lr, "objective": objective,
+            "particles": particles if objective == "rws" else None,
+            "bound": "full ELBO" if objective == "elbo" else f"IWAE_{particles}",
+            "seconds": round(time.monotonic() - start, 1),
             "heldout_before": before, "heldout_after": best_value,
             "curve": [[s, round(v, 4)] for s, v in curve]}
 
 
 def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, mixer: bool = True, progress: bool = False,
-              device="cpu") -> dict:
+              lr: float = 1e-3, seed: int = 0, mixer: bool = True, objective: str = "elbo",
+              particles: int = 16, progress: bool = False, device="cpu") -> dict:
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
     Starts from the run's EMA weights with its current fitted guide if it has one (so a second
     call goes on from the first), fits on the training pairs, and writes the fitted parameters
     to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
     report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
-    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way)."""
+    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way).
+    ``objective``, ``particles``: what q is fitted to (:func:`fit_guide`)."""
     run_dir = Path(run_dir)
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
@@ -150,7 +212,8 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         model, guide = programs(net, cfg)
         x, y = run_data(task, cfg).train.pairs()
         report = fit_guide(model, guide, x, y, steps=steps, batch_size=batch_size, lr=lr,
-                           seconds=seconds, seed=seed, progress=progress)
+                           seconds=seconds, seed=seed, objective=objective, particles=particles,
+                           progress=progress)
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
         report["mixer"] = net.guide_mixer is not None
@@ -158,9 +221,15 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     return report
 
 
+def fit_bound(r: dict) -> str:
+    """The held-out bound a fit report's figures are (reports before ``rws`` existed: the ELBO)."""
+    return r.get("bound", "full ELBO")
+
+
 def format_report(r: dict) -> str:
+    how = "" if r.get("objective", "elbo") == "elbo" else f", rws with {r['particles']} particles"
     return (f"guide fitted on {r['pairs'] - r['heldout_pairs']} training pairs for {r['steps']} "
-            f"steps (batch {r['batch_size']}, lr {r['lr']:g}) in {r['seconds']:.0f} s; held-out "
-            f"full ELBO on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
+            f"steps (batch {r['batch_size']}, lr {r['lr']:g}{how}) in {r['seconds']:.0f} s; "
+            f"held-out {fit_bound(r)} on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
             f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now uses it; prior rollouts "
             "are unchanged.")

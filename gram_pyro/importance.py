@@ -1,5 +1,5 @@
-"""Importance weights, as SMC and likelihood estimation both use them: ``log_w`` ``[K, B]``, K
-particles (dim 0) for each of B examples or inputs.
+"""Importance weights, as SMC, likelihood estimation and the guide fit use them: ``log_w``
+``[K, B]``, K particles (dim 0) for each of B examples or inputs.
 """
 
 from __future__ import annotations
@@ -7,6 +7,29 @@ from __future__ import annotations
 import math
 
 import torch
+
+from gram_pyro.elbo import guided_traces
+
+
+def site_log_prob_sum(trace, batch_shape) -> torch.Tensor:
+    """The sum of every sample site's log-density in ``trace`` (after ``compute_log_prob``), each
+    broadcast to ``batch_shape``: ``log p(y, eps | x)`` of a model trace, ``log q(eps | x, y)`` of
+    a guide trace."""
+    return sum(site["log_prob"].expand(batch_shape) for site in trace.nodes.values()
+               if site["type"] == "sample")
+
+
+def weighted_traces(model, guide, x, y, num_particles: int, **kwargs):
+    """``(log_w, model_trace, guide_trace)`` of K = ``num_particles`` guide particles for each
+    example, the particles on the programs' ``trajectories`` plate: ``log_w`` ``[K, B]`` is
+    ``log p(y, eps_k | x) - log q(eps_k | x, y)`` (the traces' log-densities are computed).
+    ``kwargs`` go to model and guide alike (e.g. a shared recursion)."""
+    model_trace, guide_trace = guided_traces(model, guide, x, y, num_samples=num_particles, **kwargs)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    shape = (num_particles, x.shape[0])
+    log_w = site_log_prob_sum(model_trace, shape) - site_log_prob_sum(guide_trace, shape)
+    return log_w, model_trace, guide_trace
 
 
 def normalized(log_w: torch.Tensor) -> torch.Tensor:

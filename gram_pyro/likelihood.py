@@ -40,8 +40,9 @@ import torch
 from gram_pyro.build import model_label, programs, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.elbo import GramELBO, guided_traces
+from gram_pyro.guide_fit import fit_bound
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, ess, log_mean_exp, \
-    pareto_khat
+    pareto_khat, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.smc import systematic_resample
 
@@ -80,22 +81,13 @@ class Estimate:
         return log_mean_exp(lw).mean(0).cpu().numpy()
 
 
-def _site_sum(trace, batch_shape) -> torch.Tensor:
-    """The sum of every sample site's log-density, each broadcast to ``batch_shape``."""
-    return sum(site["log_prob"].expand(batch_shape) for site in trace.nodes.values()
-               if site["type"] == "sample")
-
-
 @torch.no_grad()
 def log_weights(model, guide, x, y, num_particles: int, **kwargs):
     """``log w`` ``[K, B]`` of K guide particles for each example, and the matching analytic
     single-particle ELBO ``[K, B]`` (reconstruction minus every transition's KL). ``kwargs``
     go to model and guide alike (e.g. a shared recursion)."""
-    model_trace, guide_trace = guided_traces(model, guide, x, y, num_samples=num_particles, **kwargs)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    shape = (num_particles, x.shape[0])
-    log_w = _site_sum(model_trace, shape) - _site_sum(guide_trace, shape)
+    log_w, model_trace, guide_trace = weighted_traces(model, guide, x, y, num_particles, **kwargs)
+    shape = log_w.shape
     terms = GramELBO(beta=1.0, kl_balance=None).terms(model_trace, guide_trace)
     elbo = (terms["recon"] - terms["kl_total"]).expand(shape)
     return log_w.float(), elbo.float()
@@ -237,7 +229,10 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "model": model_label(cfg),
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
                  (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps"
-                  + (", with a mixer" if fit.get("mixer") else "") + ", held-out ELBO "
+                  + (", with a mixer" if fit.get("mixer") else "")
+                  + (f", rws with {fit['particles']} particles" if fit.get("objective") == "rws"
+                     else "")
+                  + f", held-out {fit_bound(fit)} "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),

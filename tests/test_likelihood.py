@@ -14,7 +14,8 @@ from pyro.infer import Importance
 from gram_pyro.build import programs
 from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.cli import main
-from gram_pyro.guide_fit import guide_parameters
+from gram_pyro.guide_fit import format_report as format_guide_report
+from gram_pyro.guide_fit import guide_parameters, wake_phi_loss
 from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, pareto_khat
 from gram_pyro.inference import prior_rollouts
@@ -203,3 +204,50 @@ def test_the_guide_mixer_starts_as_the_training_guide():
     assert all(torch.allclose(a, b) for a, b in zip(before, after))
     assert set(guide_parameters(net)) > {k for k, _ in net.named_parameters()
                                          if k.startswith(("posterior_head.", "target_embed."))}
+
+
+def test_the_rws_fit_finds_the_inclusive_kl_optimum_of_a_linear_gaussian_guide():
+    """One transition of the linear-Gaussian model, whose posterior over eps is Gaussian,
+    N(m_b, S), and the guide N(mu_b, g^2 I) with only g free. KL(p || q) is smallest at
+    g^2 = mean_b (tr S + |m_b - mu_b|^2) / d, which covers the posterior; KL(q || p), the ELBO's
+    direction, at g^2 = d / tr(S^-1), narrower whenever S is not isotropic. Adam on
+    ``wake_phi_loss`` must land on the first (the mean of its last iterates, which jitter with
+    the Monte Carlo gradient), from either side."""
+    lg = LinearGaussian(steps=1, guide_gain=0.3, guide_scale=0.2)
+    x, y = lg_batch(3, b=6)
+    d = lg.A.shape[0]
+    S = torch.linalg.inv(torch.eye(d) / lg.s ** 2 + lg.C.T @ lg.C / lg.r ** 2)
+    u = x @ lg.A.T
+    m = (y - u @ lg.C.T) @ lg.C @ S / lg.r ** 2  # S symmetric: the posterior means, row-wise
+    mu = (y - u @ lg.C.T) @ lg.G.T
+    inclusive = math.sqrt((torch.trace(S) + ((m - mu) ** 2).sum(1).mean()) / d)
+    exclusive = math.sqrt(d / torch.trace(torch.linalg.inv(S)))
+    assert inclusive > exclusive + 0.05  # the two optima differ: the test can tell them apart
+    for start in (0.2, 1.5):
+        log_g = torch.tensor(math.log(start), requires_grad=True)
+        opt = torch.optim.Adam([log_g], lr=0.03)
+        pyro.set_rng_seed(0)
+        seen = []
+        for _ in range(500):
+            lg.g = log_g.exp()
+            loss = wake_phi_loss(lg.model, lg.guide, x, y, 64) / len(x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen.append(float(log_g.detach().exp()))
+        fitted = float(np.mean(seen[-200:]))
+        assert abs(fitted - inclusive) < 0.03 * inclusive, (start, fitted, inclusive, exclusive)
+
+
+def test_the_rws_fit_keeps_the_best_heldout_iwae_and_says_so(trained, capsys):
+    report = refit_guide(trained, steps=12, batch_size=4, lr=3e-3, objective="rws", particles=8)
+    assert report["objective"] == "rws" and report["bound"] == "IWAE_8"
+    assert report["heldout_after"] >= report["heldout_before"]
+    assert "rws with 8 particles" in format_guide_report(report)
+    assert main(["loglik", str(trained), "--particles", "8", "--limit", "2", "--no-smc",
+                 "--json"]) == 0
+    assert "rws with 8 particles, held-out IWAE_8" in json.loads(capsys.readouterr().out)["guide"]
+    assert main(["fit-guide", str(trained), "--objective", "rws", "--particles", "1"]) == 2
+    assert main(["fit-guide", str(trained), "--objective", "kl"]) == 2
+    err = capsys.readouterr().err
+    assert "--particles" in err and "invalid choice" in err and "Traceback" not in err
