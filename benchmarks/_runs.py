@@ -49,6 +49,11 @@ def train_run(out: Path, name: str, *, task: str, minutes: float, seed: int, ove
     return run
 
 
+# fields only the noise heads' sigma reads (a constant bias and a floor, no random draws), so a
+# deterministic run trains bit for bit the same whatever they are
+NOISE_ONLY = ("init_sigma", "sigma_floor")
+
+
 def finished_run(run: Path, cfg) -> bool:
     """Does ``run`` hold a checkpoint of exactly ``cfg`` that reached its step or time budget?"""
     import json
@@ -71,6 +76,10 @@ def finished_run(run: Path, cfg) -> bool:
         return False
     # a run stores the precision "auto" chose on this machine
     wanted = asdict(replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device))))
+    if cfg.deterministic:  # the baseline samples no noise: the noise scale's fields never reach it
+        for key in NOISE_ONLY:
+            stored.pop(key, None)
+            wanted.pop(key, None)
     # the trainer's own stopping rule, with the step horizon it had replanned to fit the clock
     done = Schedule(cfg, ckpt.get("total_steps")).done(ckpt["step"], ckpt["elapsed"])
     return stored == wanted and done

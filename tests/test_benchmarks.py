@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
@@ -135,6 +136,30 @@ def test_a_finished_run_is_reused_only_with_its_exact_config(tmp_path):
     assert train_run(tmp_path, "GRAM", task="nqueens-5", minutes=5, seed=0, overrides=size,
                      reuse=True) == run
     assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # not trained again
+
+
+def test_a_deterministic_run_is_reused_whatever_the_noise_scale_it_never_reads(tmp_path):
+    """The baseline trains bit for bit the same at any init_sigma or sigma_floor, so a finished
+    one is reused when only those differ (a task's init_sigma default changed); GRAM is not."""
+    sys.path.insert(0, str(BENCH))
+    from _runs import finished_run, train_run
+
+    from gram_pyro.checkpoint import load_checkpoint
+    from gram_pyro.config import make_config
+
+    size = ["d_model=32", "n_layers=1", "eval_inputs=8", "steps=4"]
+    runs = {sigma: train_run(tmp_path / str(sigma), "det", task="nqueens-5", minutes=5, seed=0,
+                             overrides=[*size, f"init_sigma={sigma}"], deterministic=True)
+            for sigma in (1.0, 0.3)}
+    weights = [load_checkpoint(r)["model"] for r in runs.values()]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if "sigma" not in k)
+    other = make_config("cpu", [*size, "init_sigma=0.3", "sigma_floor=0.02"], task="nqueens-5",
+                        seed=0, max_minutes=5, deterministic=True)
+    assert finished_run(runs[1.0], other)
+    gram = train_run(tmp_path, "GRAM", task="nqueens-5", minutes=5, seed=0,
+                     overrides=[*size, "init_sigma=1.0"])
+    assert not finished_run(gram, make_config("cpu", [*size, "init_sigma=0.3"], task="nqueens-5",
+                                              seed=0, max_minutes=5))
 
 
 def test_the_commit_stamp_counts_code_changes_but_not_the_benchmarks_own_output(tmp_path, monkeypatch):

@@ -216,3 +216,15 @@ def test_structure_links_are_read_by_the_encoder(task_name):
     _, cfg, off, _, _ = tiny_programs(task_name, extra=["links=false"])
     assert off.encoder.link_embed is None
     assert get_task(task_name, unconditional=True).links() is None
+    # the bagged sum is the definition: sum_f E_f[x[links[p, f]]], missing links left out, scaled
+    enc, raw = net.encoder, torch.as_tensor(links)
+    batch = torch.as_tensor(task.build(seed=0).train.inputs[:5]).reshape(5, 1, -1)  # extra dim
+    by_hand = torch.zeros(*batch.shape, cfg.d_model)
+    for f in range(raw.shape[1]):
+        ok = raw[:, f] >= 0
+        rows = enc.link_embed.weight[batch[..., raw[:, f].clamp_min(0)] + f * task.input_vocab]
+        by_hand += rows * ok[:, None]
+    with torch.no_grad():
+        plain = enc.embed(batch) * enc.scale + enc.pos[cfg.n_prefix:]
+        got = enc(batch)[..., cfg.n_prefix:, :]
+    torch.testing.assert_close(got, plain + by_hand * enc.link_scale, rtol=1e-5, atol=1e-5)
