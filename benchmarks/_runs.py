@@ -56,12 +56,10 @@ NOISE_ONLY = ("init_sigma", "sigma_floor")
 
 def finished_run(run: Path, cfg) -> bool:
     """Does ``run`` hold a checkpoint of exactly ``cfg`` that reached its step or time budget?"""
-    import json
     from dataclasses import asdict, replace
 
     from gram_pyro.build import resolve_device, resolve_precision
-    from gram_pyro.checkpoint import load_checkpoint
-    from gram_pyro.config import Config
+    from gram_pyro.checkpoint import config_of, load_checkpoint
     from gram_pyro.errors import UserError
     from gram_pyro.schedule import Schedule
 
@@ -70,8 +68,9 @@ def finished_run(run: Path, cfg) -> bool:
     try:
         ckpt = load_checkpoint(run)
         # through Config, so a run saved before a field existed compares with that field's
-        # default (which is what it trained with)
-        stored = asdict(Config.from_dict(json.loads(ckpt["config"])))
+        # default (which is what it trained with), and as config_of reads it back (links off for
+        # a run trained before its task had links)
+        stored = asdict(config_of(ckpt))
     except (UserError, KeyError, TypeError, ValueError):
         return False
     # a run stores the precision "auto" chose on this machine

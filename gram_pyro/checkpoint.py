@@ -19,6 +19,7 @@ second writer is refused, and it removes the temporary files a killed save left 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -182,14 +183,27 @@ def load_checkpoint(run_dir) -> dict:
 
 
 def config_of(ckpt: dict, where: str = "the checkpoint") -> Config:
-    """The config stored in a checkpoint, validated like any other."""
+    """The config stored in a checkpoint, validated like any other.
+
+    A run with ``links`` on whose weights have no link embedding was trained before its task had
+    structure links (N-Queens gained them after colouring and Sudoku): it comes back with
+    ``links`` off, which is how it was trained, so it loads and resumes as before."""
     try:
         stored = json.loads(ckpt["config"])
         if not isinstance(stored, dict):
             raise TypeError("not a JSON object")
-        return Config.from_dict(stored)
+        cfg = Config.from_dict(stored)
     except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{where} holds an invalid config: {e}") from None
+    weights = ckpt.get("model")
+    if cfg.links and cfg.model == "gram" and isinstance(weights, dict) \
+            and LINK_WEIGHT not in weights \
+            and get_task(cfg.task, unconditional=cfg.unconditional).links() is not None:
+        cfg = dataclasses.replace(cfg, links=False)
+    return cfg
+
+
+LINK_WEIGHT = "encoder.link_embed.weight"  # the encoder's structure-link embedding (nets.Encoder)
 
 
 def warn_if_config_edited(run_dir: Path, cfg: Config) -> None:
@@ -201,6 +215,8 @@ def warn_if_config_edited(run_dir: Path, cfg: Config) -> None:
     except (OSError, ValueError):
         return
     used = json.loads(cfg.to_json())
+    if isinstance(written, dict) and written.get("links") is True and used.get("links") is False:
+        written = written | {"links": False}  # trained before its task had links (config_of)
     if not isinstance(written, dict) or any(used.get(k, k) != v for k, v in written.items()):
         warn(f"{str(record)!r} differs from the config stored in the checkpoint, which is the "
              "one used (config.json is a record of the run and is never read back)")

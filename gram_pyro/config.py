@@ -29,7 +29,8 @@ class Config:
         ``n_prefix`` (P), ``sigma_floor``, ``init_sigma``, ``critic_layers`` (blocks of the
         critic that the ACT and LPRM heads read the state through; 0: linear probes), ``links``
         (the encoder also reads the task's structure, :meth:`~gram_pyro.tasks.base.Task.links`:
-        a colouring node its adjacency row, a Sudoku cell its peers; the input is unchanged),
+        a colouring node its adjacency row, a Sudoku cell its peers, an N-Queens cell the cells
+        that attack it; the input is unchanged),
         ``stem`` (how the guide reads an image answer: a per-pixel ``embed`` or the paper's
         ``conv`` stem, :class:`~gram_pyro.nets.ConvStem`; image tasks only).
     Recursion: ``k_low`` (K), ``t_high`` (T), ``n_supervision`` (N_sup), ``levels`` (2: the

@@ -195,10 +195,11 @@ def test_a_shared_store_never_hands_out_a_stale_proposal():
     assert shared.computed > computed
 
 
-@pytest.mark.parametrize("task_name", ["coloring-5", "sudoku-4"])
+@pytest.mark.parametrize("task_name", ["coloring-5", "sudoku-4", "nqueens-5"])
 def test_structure_links_are_read_by_the_encoder(task_name):
-    """A colouring node reads its adjacency row, a Sudoku cell its peers: changing a linked
-    input token changes the encoding of the positions linked to it, and only those."""
+    """A colouring node reads its adjacency row, a Sudoku cell its peers, an N-Queens cell the
+    cells that attack it: changing a linked input token changes the encoding of the positions
+    linked to it, and only those."""
     from gram_pyro.tasks import get_task
 
     task = get_task(task_name)
@@ -208,7 +209,7 @@ def test_structure_links_are_read_by_the_encoder(task_name):
     x = torch.as_tensor(task.build(seed=0).train.inputs[:1])
     src = int(links[links >= 0].min()) if task_name.startswith("coloring") else 0
     x2 = x.clone()
-    x2[0, src] = 1 if int(x[0, src]) != 1 else 2
+    x2[0, src] = (int(x[0, src]) + 1) % task.input_vocab
     with torch.no_grad():
         diff = (net.encode(x2) - net.encode(x)).abs().sum(-1)[0, cfg.n_prefix:]
     readers = {p for p in range(task.seq_len) if src in links[p]}

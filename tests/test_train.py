@@ -79,6 +79,27 @@ def test_checkpoint_holds_everything_and_loads_safely(tmp_path):
         load_checkpoint(tmp_path / "r")
 
 
+def test_a_run_trained_before_its_task_had_links_loads_and_resumes(tmp_path, capsys):
+    """N-Queens gained structure links after runs were saved with ``links`` on and no link
+    weights: such a run comes back with links off, as it was trained, to load and to resume."""
+    run = tmp_path / "r"
+    Trainer(tiny_config(extra=["steps=2", "links=false"]), run, progress=False).fit()
+    ckpt = load_checkpoint(run)
+    stored = json.loads(ckpt["config"])
+    ckpt["config"] = json.dumps(stored | {"links": True})  # what such a run holds
+    torch.save(ckpt, run / "checkpoint.pt")
+    (run / "config.json").write_text(ckpt["config"])
+    task, cfg, net = load_run(run)
+    assert "differs" not in capsys.readouterr().err  # the record is not taken for an edit
+    assert task.links() is not None and not cfg.links and net.encoder.link_embed is None
+    resumed = Trainer(None, run, resume=True, changes={"steps": 4}, progress=False)
+    assert not resumed.cfg.links
+    assert resumed.fit()["step"] == 4
+    # a run that has link weights keeps its links
+    Trainer(tiny_config(extra=["steps=1"]), tmp_path / "new", progress=False).fit()
+    assert load_run(tmp_path / "new")[1].links
+
+
 def poison(trainer, calls):
     """Make the ELBO non-finite on the given call numbers (counting ELBO evaluations)."""
     original, count = trainer.elbo.particle_terms, {"n": 0}

@@ -232,7 +232,8 @@ class Task(ABC):
     def links(self) -> np.ndarray | None:
         """Structure the encoder may read, without changing the input format: ``[seq_len, F]``
         input positions (-1: none) whose tokens each position also embeds, slot by slot (a
-        colouring node reads the tokens of its incident edges, a Sudoku cell its 20 peers).
+        colouring node reads the tokens of its incident edges, a Sudoku cell its 20 peers, an
+        N-Queens cell the cells that attack it).
         None: the task has none, or the blank input of p(x) carries none."""
         return None
 

@@ -90,6 +90,27 @@ class NQueens(Task):
         self.answer_offset = 0
         self.unconditional = unconditional
 
+    def links(self) -> np.ndarray | None:
+        """Each cell reads the cells that attack it: the rest of its row (slot = their column),
+        of its column (slot n + their row), of its diagonal (slot 2n + their row) and of its
+        anti-diagonal (slot 3n + their row); -1 where a line has no such cell (the cell itself,
+        a diagonal past the board's edge). 4n slots. A cell thereby sees at once whether a given
+        queen attacks it, which the recursion would otherwise have to learn to route."""
+        if self.unconditional:
+            return None
+        n = self.n
+        r, c = np.divmod(np.arange(n * n), n)
+        j = np.arange(n)
+        out = np.full((n * n, 4, n), -1, np.int64)
+        same_row = r[:, None] * n + j
+        out[:, 0] = np.where(j != c[:, None], same_row, -1)
+        out[:, 1] = np.where(j != r[:, None], j * n + c[:, None], -1)
+        for slot, sign in ((2, 1), (3, -1)):  # the cell of row j on the (anti-)diagonal
+            col = c[:, None] + sign * (j - r[:, None])
+            ok = (j != r[:, None]) & (col >= 0) & (col < n)
+            out[:, slot] = np.where(ok, j * n + np.clip(col, 0, n - 1), -1)
+        return out.reshape(n * n, 4 * n)
+
     # -- text -----------------------------------------------------------------------------------
     def _parse_cells(self, text: str, what: str) -> np.ndarray:
         s = clean_puzzle_text(text)

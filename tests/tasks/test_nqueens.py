@@ -111,6 +111,25 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     assert len(task.build(seed=0).train) > 0
 
 
+@pytest.mark.parametrize("n", [4, 5, 8])
+def test_links_are_exactly_the_attacking_cells(n):
+    """Cell p links to q iff q != p shares its row, column, diagonal or anti-diagonal; each line
+    keeps its own slots, and the blank-input p(x) form has no links."""
+    links = get_task(f"nqueens-{n}").links()
+    assert links.shape == (n * n, 4 * n)
+    for p in range(n * n):
+        r, c = divmod(p, n)
+        attackers = {q for q in range(n * n) if q != p and (
+            q // n == r or q % n == c or q // n - q % n == r - c or q // n + q % n == r + c)}
+        linked = links[p][links[p] >= 0]
+        assert len(linked) == len(set(linked.tolist())) and set(linked.tolist()) == attackers
+        row, col, diag, anti = links[p].reshape(4, n)
+        assert all(q // n == r for q in row[row >= 0]) and all(q % n == c for q in col[col >= 0])
+        assert all(q // n - q % n == r - c for q in diag[diag >= 0])
+        assert all(q // n + q % n == r + c for q in anti[anti >= 0])
+    assert get_task(f"nqueens-{n}", unconditional=True).links() is None
+
+
 def test_unconditional_form():
     task = get_task("nqueens-8", unconditional=True)
     data = task.build(seed=0)
