@@ -39,7 +39,9 @@ def test_the_value_is_the_sigmoid_of_a_logit():
 
 def test_the_fit_learns_a_learnable_target_and_touches_only_the_critic():
     torch.manual_seed(0)
-    task, _, net, model, _ = tiny_programs(extra=["init_sigma=3.0"])
+    # the net without N-Queens' structure links, as this target was calibrated on: the test is
+    # about the fit, not the encoder (with links the held-out BCE falls 0.09, AUC 0.91)
+    task, _, net, model, _ = tiny_programs(extra=["init_sigma=3.0", "links=false"])
     judge = FirstCellTask(task)
     inputs = task.build(seed=0).train.inputs
     others = {k: v.clone() for k, v in net.state_dict().items()
