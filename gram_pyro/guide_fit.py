@@ -37,11 +37,11 @@ from gram_pyro.build import model_label, programs, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
 from gram_pyro.elbo import GramELBO
 from gram_pyro.errors import UserError
-from gram_pyro.importance import log_mean_exp, normalized, site_log_prob_sum, weighted_traces
+from gram_pyro.importance import TRAJECTORIES_PER_PASS, log_mean_exp, normalized, \
+    site_log_prob_sum, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 
 OBJECTIVES = ("elbo", "rws")
-TRAJECTORIES_PER_PASS = 512  # the held-out IWAE's passes (as gram_pyro.likelihood's)
 
 GUIDE_REPORT = "guide.json"
 
@@ -226,10 +226,15 @@ def fit_bound(r: dict) -> str:
     return r.get("bound", "full ELBO")
 
 
+def fit_method(r: dict) -> str:
+    """``", rws with K particles"`` for an rws fit's report, else nothing (the ELBO fit)."""
+    return f", rws with {r['particles']} particles" if r.get("objective") == "rws" else ""
+
+
 def format_report(r: dict) -> str:
-    how = "" if r.get("objective", "elbo") == "elbo" else f", rws with {r['particles']} particles"
     return (f"guide fitted on {r['pairs'] - r['heldout_pairs']} training pairs for {r['steps']} "
-            f"steps (batch {r['batch_size']}, lr {r['lr']:g}{how}) in {r['seconds']:.0f} s; "
+            f"steps (batch {r['batch_size']}, lr {r['lr']:g}{fit_method(r)}) in "
+            f"{r['seconds']:.0f} s; "
             f"held-out {fit_bound(r)} on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
             f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now uses it; prior rollouts "
             "are unchanged.")

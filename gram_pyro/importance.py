@@ -10,6 +10,8 @@ import torch
 
 from gram_pyro.elbo import guided_traces
 
+TRAJECTORIES_PER_PASS = 512  # particles x examples per batched pass (larger ones thrash CPU memory)
+
 
 def site_log_prob_sum(trace, batch_shape) -> torch.Tensor:
     """The sum of every sample site's log-density in ``trace`` (after ``compute_log_prob``), each

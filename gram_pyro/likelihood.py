@@ -40,14 +40,13 @@ import torch
 from gram_pyro.build import model_label, programs, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.elbo import GramELBO, guided_traces
-from gram_pyro.guide_fit import fit_bound
-from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, ess, log_mean_exp, \
-    pareto_khat, weighted_traces
+from gram_pyro.guide_fit import fit_bound, fit_method
+from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, TRAJECTORIES_PER_PASS, ess, \
+    log_mean_exp, pareto_khat, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.smc import systematic_resample
 
 
-TRAJECTORIES_PER_PASS = 512
 KHAT_CAP = 10.0  # k-hat is reported at most this (it is inf when a single weight dominates)
 
 
@@ -230,9 +229,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
                  (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps"
                   + (", with a mixer" if fit.get("mixer") else "")
-                  + (f", rws with {fit['particles']} particles" if fit.get("objective") == "rws"
-                     else "")
-                  + f", held-out {fit_bound(fit)} "
+                  + fit_method(fit) + f", held-out {fit_bound(fit)} "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),
