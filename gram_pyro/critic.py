@@ -53,15 +53,21 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
     Returns ``states`` ``[M', N, S, P + L, D]``, ``step_ok`` ``[M', N, S]`` (each step's answer
     correct), ``final_ok`` ``[M', N]`` and ``final_score`` ``[M', N]`` (``task.score`` of the
     last answer), for the first M' <= M inputs done by ``deadline``
-    (``time.monotonic()``; at least one chunk is always done). Everything stays on the model's
-    device.
+    (``time.monotonic()``). Chunks hold ``chunk_size`` trajectories; with a deadline the first
+    chunk is one input and each next one at most doubles, only while it should end in time,
+    so a task with long rows (ARC's 900 cells) cannot overrun a short budget by a whole
+    chunk. At least one input is always done. Everything stays on the model's device.
     """
     device = model.device
-    per = max(1, chunk_size // trajectories)
+    full = max(1, chunk_size // trajectories)
+    per = full if deadline is None else 1
     states, step_ok, scores = [], [], []
     bar = tqdm(total=len(inputs), desc="critic rollouts", disable=not progress, leave=False)
-    for i in range(0, len(inputs), per):
+    i = 0
+    while i < len(inputs):
+        began = time.monotonic()
         x_np = inputs[i:i + per]
+        i += len(x_np)
         x = torch.as_tensor(x_np, dtype=torch.long, device=device)
         state, hs, oks = None, [], []
         for s in range(model.n_supervision):
@@ -78,8 +84,12 @@ def collect(model, task, inputs: np.ndarray, trajectories: int, *, chunk_size: i
         scores.append(torch.as_tensor(score, dtype=torch.float32, device=device)
                       .reshape(len(x_np), trajectories))
         bar.update(len(x_np))
-        if deadline is not None and time.monotonic() > deadline:
-            break
+        if deadline is not None:
+            now = time.monotonic()
+            per_input = (now - began) / len(x_np)
+            per = min(full, 2 * per, int((deadline - now) // max(per_input, 1e-9)))
+            if per < 1:
+                break
     bar.close()
     step_ok = torch.cat(step_ok)
     return {"states": torch.cat(states), "step_ok": step_ok, "final_ok": step_ok[..., -1],

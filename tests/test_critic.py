@@ -1,6 +1,7 @@
 """The critic: value logits and BCE, the final fit on the model's own rollouts, its storage."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from gram_pyro import metrics
 from gram_pyro.checkpoint import load_checkpoint, load_run
-from gram_pyro.critic import CRITIC_REPORT, critic_parameters, fit_critic, refit_run
+from gram_pyro.critic import CRITIC_REPORT, collect, critic_parameters, fit_critic, refit_run
 from gram_pyro.train import Trainer
 from tests.helpers import tiny_config, tiny_programs
 
@@ -60,6 +61,47 @@ def test_the_fit_learns_a_learnable_target_and_touches_only_the_critic():
         if k in others:
             assert torch.equal(v, others[k]), k
     assert all(p.requires_grad for p in net.parameters())
+
+
+class Timed:
+    """The model, recording each chunk's inputs and taking ``seconds`` per input per call."""
+
+    def __init__(self, model, seconds: float = 0.0):
+        self.model, self.seconds, self.chunks = model, seconds, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, **kwargs):
+        if kwargs["steps"] == [0]:
+            self.chunks.append(len(x))
+        time.sleep(self.seconds * len(x))
+        return self.model(x, **kwargs)
+
+
+def test_rollout_chunks_grow_only_while_they_end_before_the_deadline():
+    """Collection under a deadline starts at one input and doubles, so long rows (ARC's) cannot
+    overrun a short budget by a whole chunk; without one, every chunk is full."""
+    torch.manual_seed(0)
+    task, _, _, model, _ = tiny_programs()
+    judge = FirstCellTask(task)
+    inputs = np.repeat(task.build(seed=0).train.inputs[:4], 10, axis=0)  # 40 inputs
+    timed = Timed(model)
+    pool = collect(timed, judge, inputs, 8, chunk_size=128)  # 16 inputs a chunk
+    assert timed.chunks == [16, 16, 8] and len(pool["final_ok"]) == 40
+    timed = Timed(model)
+    pool = collect(timed, judge, inputs, 8, chunk_size=128, deadline=time.monotonic() + 600)
+    assert timed.chunks == [1, 2, 4, 8, 16, 9] and len(pool["final_ok"]) == 40
+    assert pool["states"].shape[:3] == (40, 8, model.n_supervision)
+    timed = Timed(model)
+    pool = collect(timed, judge, inputs, 8, chunk_size=128, deadline=time.monotonic())
+    assert timed.chunks == [1] and len(pool["final_ok"]) == 1  # late already: one input
+    # 0.1 s per input and call: a chunk of 16 would overrun by seconds, these stop in time
+    timed = Timed(model, seconds=0.1)
+    deadline = time.monotonic() + 1.5
+    pool = collect(timed, judge, inputs, 8, chunk_size=128, deadline=deadline)
+    assert time.monotonic() - deadline < 0.5 * model.n_supervision, timed.chunks
+    assert 2 <= len(pool["final_ok"]) < 16 and timed.chunks[:2] == [1, 2]
 
 
 def test_training_ends_with_the_fit_and_load_run_applies_it(tmp_path):
