@@ -176,7 +176,6 @@ class Encoder(nn.Module):
             select[p, f, links[p, f]] = 1.0
             self.register_buffer("link_select", select.reshape(positions * slots, positions),
                                  persistent=False)
-            self.vocab = vocab
             self.link_embed = nn.Embedding(slots * vocab, d_model)  # row f * vocab + value
             nn.init.normal_(self.link_embed.weight, std=1.0 / self.scale)
             self.link_scale = math.sqrt(d_model / slots)
@@ -191,7 +190,7 @@ class Encoder(nn.Module):
             # sum_f E_f[x[links[p, f]]] as counts [..., L, F * V] times the table [F * V, D]: two
             # small matmuls, where gathering [..., L, F, D] rows cost a training step a third
             # of its time on N-Queens 10x10 (docs/design.md §8)
-            onehot = F.one_hot(x, self.vocab).to(self.link_select.dtype)
+            onehot = F.one_hot(x, self.embed.num_embeddings).to(self.link_select.dtype)
             counts = (self.link_select @ onehot).reshape(*x.shape, -1)
             tokens = tokens + (counts @ self.link_embed.weight) * self.link_scale
         prefix = self.prefix.expand(*x.shape[:-1], *self.prefix.shape) * self.scale
