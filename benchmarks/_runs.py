@@ -103,8 +103,8 @@ def mean_sd(values) -> str:
 
 def measure_run(folder: Path, task: str, seed: int, limit: int | None, gen_samples: int) -> dict:
     """Prior-rollout quality of one run folder, the way the quality benchmarks report it:
-    conditional tasks on the test split with 20 samples per input and the whole supervision
-    budget (sample accuracy, micro and macro coverage@20, colouring conflicts per sample and, with
+    conditional tasks on the test split with 20 samples per input at ``gram evaluate``'s default
+    depth, without ACT (sample accuracy, micro and macro coverage@20, colouring conflicts per sample and, with
     one sample per input, summed over the test set); unconditional tasks (``TASK-unconditional``)
     by ``gram generate``'s defaults on ``gen_samples`` boards."""
     from gram_pyro.checkpoint import load_checkpoint
@@ -119,7 +119,8 @@ def measure_run(folder: Path, task: str, seed: int, limit: int | None, gen_sampl
     from gram_pyro.evaluate import evaluate_run
 
     r, traj, part, t, _ = evaluate_run(folder, samples=20, limit=limit, seed=seed, act=False)
-    out = {"steps": steps, "acc": r["sample_accuracy"], "cov_micro": r["coverage_micro"],
+    out = {"steps": steps, "depth": r["max_steps"], "trained_steps": r["trained_steps"],
+           "acc": r["sample_accuracy"], "cov_micro": r["coverage_micro"],
            "cov_macro": r["coverage_macro"], "identical": r["identical_samples_fraction"],
            "ceiling_micro": r["coverage_ceiling_micro"], "ceiling_macro": r["coverage_ceiling_macro"]}
     if "conflicts_per_sample" in r:

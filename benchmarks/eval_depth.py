@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import ROOT, write_section  # noqa: E402
+from _report import ROOT, result_line, write_section  # noqa: E402
 from _runs import tiny_run  # noqa: E402
 from sudoku_width_depth import gain, load, pct, points, rollout  # noqa: E402
 
@@ -65,14 +65,14 @@ def quality(task, part, answers) -> dict:
 def measure_run(run: Path, depths: list[int], samples: int, limit: int | None, seed: int,
                 boot: int, device: str) -> dict:
     from gram_pyro.errors import UserError
-    from gram_pyro.inference import ACT, replay_halting
+    from gram_pyro.inference import ACT, default_steps, replay_halting
 
     task, cfg, model, part = load(run, limit, device)
     if cfg.unconditional or cfg.model == "ar":
         raise UserError(f"{run}: a conditional latent run is needed (this one is "
                         f"{'unconditional' if cfg.unconditional else 'autoregressive'})")
-    trained = cfg.n_supervision
-    depths = sorted({*depths, trained})
+    trained, default = cfg.n_supervision, default_steps(cfg)
+    depths = sorted({*depths, trained, default})
     traj, seconds = rollout(model, part.inputs, samples, max(depths), seed)
     rows, base = [], None
     for d in depths:
@@ -87,7 +87,8 @@ def measure_run(run: Path, depths: list[int], samples: int, limit: int | None, s
         r["act_gain"] = gain(r["act"]["per_input"], base, boot, seed)
         for k in ("full", "act"):
             r[k].pop("per_input")
-    return {"run": str(run), "task": task.name, "trained": trained, "inputs": len(part),
+    return {"run": str(run), "task": task.name, "trained": trained, "default": default,
+            "inputs": len(part),
             "samples": samples, "deterministic": bool(cfg.deterministic),
             "rollout_seconds": seconds, "rows": rows}
 
@@ -100,7 +101,8 @@ def run_table(r: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in r["rows"]:
         f, a = row["full"], row["act"]
-        label = f"{row['depth']} (trained)" if row["depth"] == r["trained"] else str(row["depth"])
+        label = str(row["depth"]) + {r["trained"]: " (trained)", r["default"]: " (default)"}.get(
+            row["depth"], "")
         cells = [label, pct(f["acc"]), points(*row["gain"]),
                  f"{pct(f['cov_micro'])} / {pct(f['cov_macro'])}"]
         cells += [f"{f['conflicts']:.3f}"] if colour else []
@@ -188,6 +190,14 @@ def main(argv=None):
     out = args.json or (Path(tempfile.mkdtemp()) / f"{stem}.json")
     out.write_text(json.dumps(results, indent=1))
     print(f"numbers: {out}")
+    # the default depth (inference.default_steps) rests on these: more accuracy on every run,
+    # and no less coverage
+    at = [(next(row for row in r["rows"] if row["depth"] == r["default"]),
+           next(row for row in r["rows"] if row["depth"] == r["trained"])) for r in results]
+    gain_min = min(d["full"]["acc"] - t["full"]["acc"] for d, t in at)
+    cov_min = min(d["full"]["cov_micro"] - t["full"]["cov_micro"] for d, t in at)
+    print(result_line("default_depth_min_accuracy_gain", gain_min, ">0", gain_min > 0))
+    print(result_line("default_depth_min_coverage_change", cov_min, ">=0", cov_min >= 0))
 
 
 if __name__ == "__main__":

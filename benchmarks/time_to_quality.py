@@ -16,7 +16,9 @@ the cosine gave 95.1%). Snapshots are therefore lower bounds, labelled as such, 
 is off here: nothing below reads the critic.
 
 Every point is judged on prior rollouts of the held-out test split, which never see the answer:
-20 samples per input, the whole supervision budget (no ACT). Conditional tasks: sample accuracy,
+20 samples per input at ``gram evaluate``'s defaults: every trajectory runs twice the trained
+supervision steps (``gram_pyro.inference.default_steps``), no ACT; each table says how many steps
+that was. Conditional tasks: sample accuracy,
 micro and macro coverage@20, and for colouring the conflict edges, both per sample and summed
 over the test set with one sample per input (the paper's count). Unconditional tasks:
 ``gram generate RUN -n 2000`` with its defaults, validity and the distinct valid boards.
@@ -87,6 +89,15 @@ COLUMNS = {  # metric -> (header, percent)
     "valid": ("valid (2,000 samples)", True), "distinct_valid": ("distinct valid boards", False),
     "coverage": ("coverage of all boards", True), "steps": ("optimizer steps", False),
 }
+
+
+def depth_text(results: dict) -> str:
+    """How many supervision steps the measured rollouts ran, against the trained N_sup."""
+    pairs = sorted({(r["depth"], r["trained_steps"]) for rs in results.values()
+                    for s in rs.values() for r in s.values() if "depth" in r})
+    text = ", ".join(f"{d} supervision steps per trajectory (trained with {t}; gram evaluate's "
+                     "default), no ACT" for d, t in pairs)
+    return text or "gram generate's defaults"
 
 
 def table(results: dict) -> str:
@@ -237,8 +248,8 @@ def main(argv=None):
                 "and budget. Minutes are training time on 2 CPU cores; a row \"m of M\" is a "
                 "snapshot m minutes into an M-minute run (a lower bound on an m-minute run, whose "
                 "learning rate would have decayed by then); mean ± sd over the seeds listed; prior "
-                f"rollouts of {tested}, 20 samples per input, the whole supervision budget "
-                "(no ACT).\n\n" + table(results))
+                f"rollouts of {tested}, 20 samples per input, {depth_text(results)}.\n\n"
+                + table(results))
         note = ceiling_note(results)
         if note:
             body += "\n\n" + note

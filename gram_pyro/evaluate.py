@@ -20,7 +20,7 @@ from gram_pyro import metrics
 from gram_pyro.build import model_label, programs, require_latent, resolve_device, run_data
 from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
-from gram_pyro.inference import DEFAULT_CHUNK, Trajectories, prior_rollouts
+from gram_pyro.inference import DEFAULT_CHUNK, Trajectories, default_steps, prior_rollouts
 from gram_pyro.select import METHODS, select
 
 
@@ -43,11 +43,13 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
     """Prior rollouts of a run on a split. Returns ``(report, trajectories, split, task,
     selected)``; with ``select_method="smc"`` the SMC particles replace the independent samples
     in the trajectories handed back (the report has both). An ARC run's report adds the
-    protocol's pass@1 and pass@2 over ``arc_views`` views (default all) x ``samples``."""
+    protocol's pass@1 and pass@2 over ``arc_views`` views (default all) x ``samples``.
+    ``max_steps`` defaults to :func:`~gram_pyro.inference.default_steps` (2 x the trained N_sup)."""
     device = resolve_device(device)
     task, cfg, net = load_run(run_dir, device=device)
     data = run_data(task, cfg)
     part = data.split(split, nonempty=True).sample(limit)
+    max_steps = max_steps or default_steps(cfg)
     if select_method == "smc":
         require_latent(cfg, "LPRM-guided SMC (--select smc)")
     act = act and cfg.model != "ar"  # one sampling pass writes an AR answer: nothing to halt
@@ -57,6 +59,8 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
         traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
                               record=True, chunk_size=chunk_size or DEFAULT_CHUNK)
     report = summarize(task, cfg, part, traj, split=split, act=act)
+    report["max_steps"] = 1 if cfg.model == "ar" else max_steps  # an AR sample is one pass
+    report["trained_steps"] = cfg.n_supervision
     if select_method == "smc":
         from gram_pyro.smc import lprm_smc
 
@@ -180,7 +184,8 @@ def format_report(r: dict) -> str:
                                                     zip(curve["n"], curve["micro"])) + " (micro)")
     lines.append("  accuracy vs supervision steps (single sample): " +
                  " ".join(f"{100 * a:.0f}" for a in r["accuracy_by_step"]))
-    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}" + (" (ACT)" if r["act"] else ""))
+    budget = f" of {r['max_steps']} (trained with {r['trained_steps']})" if "max_steps" in r else ""
+    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}{budget}" + (" (ACT)" if r["act"] else ""))
     if "conflicts_per_sample" in r:
         lines.append(f"  conflict edges per sample: {r['conflicts_per_sample']:.2f}")
     if "arc" in r:
@@ -202,6 +207,7 @@ def sample_puzzle(run_dir, text: str, n: int, *, seed: int = 0, max_steps=None, 
     if task.puzzle_slot:  # ARC: the run's puzzles and their known outputs
         run_data(task, cfg)
     x = task.parse_input(text)
+    max_steps = max_steps or default_steps(cfg)
     model, _ = programs(net, cfg)
     pyro.set_rng_seed(seed)
     if task.puzzle_slot:  # ARC: n trajectories on every view; view 0's are the table's

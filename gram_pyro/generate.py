@@ -21,7 +21,7 @@ from gram_pyro import metrics
 from gram_pyro.build import model_label, programs, resolve_device
 from gram_pyro.checkpoint import load_run
 from gram_pyro.errors import UserError
-from gram_pyro.inference import prior_rollouts
+from gram_pyro.inference import default_steps, prior_rollouts
 from gram_pyro.tasks import get_task
 
 
@@ -42,18 +42,12 @@ def pick(values: np.ndarray, rule: str, threshold: float = 0.5) -> np.ndarray:
     return np.where(accepted.any(axis=1), accepted.argmax(axis=1), best)
 
 
-# Generation runs deeper than training by default: a 15-minute Shidoku run gave 91.3% valid boards
-# after its trained 4 supervision steps, 95.6% after 8 and 97.3% after 16, at a quarter of the
-# boards per second (still ~260 boards/s on 2 cores; docs/RESULTS.md, generation_sudoku-4_15min).
-DEPTH_FACTOR = 4  # the default depth, in multiples of the trained N_sup
-
-
 def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = False,
              chunk_size: int = 512, temperature: float = 1.0, best_of: int = 1,
              pick_rule: str = "screen", device: str = "cpu"):
     """``(report, boards [n, A], valid [n], task)`` for an unconditional run.
 
-    ``max_steps`` defaults to ``DEPTH_FACTOR`` times the trained ``n_supervision``.
+    ``max_steps`` defaults to :func:`~gram_pyro.inference.default_steps` (4 x the trained N_sup).
     ``best_of`` K > 1: each board is chosen among K independent trajectories by their LPRM
     values (:func:`pick`), so validity rises as far as the LPRM can tell valid boards from
     invalid ones, at K times the compute; the exact checker is only used to measure.
@@ -63,7 +57,7 @@ def generate(run_dir, n: int, *, seed: int = 0, max_steps=None, act: bool = Fals
         raise UserError(f"{run_dir} is a conditional run; `gram generate` needs one trained "
                         "with --unconditional")
     model, _ = programs(net, cfg)
-    max_steps = max_steps or DEPTH_FACTOR * cfg.n_supervision
+    max_steps = max_steps or default_steps(cfg)
     if cfg.model == "ar":  # one token-by-token pass writes a board: no steps to deepen
         max_steps = 1
     pyro.set_rng_seed(seed)

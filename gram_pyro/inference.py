@@ -59,10 +59,31 @@ class HaltRule:
         return f"p_halt > {self.threshold:g}" + (" and the answer unchanged" if self.stable else "")
 
 
-# The default rule. Confidence alone (p_halt > 0.5) halted N-Queens 8x8 trajectories after 1.47 of
-# 4 steps at 10.6 points of sample accuracy below the full budget; requiring an unchanged answer
-# as well costs 0.2 points at 2.47 steps (docs/RESULTS.md, act_nqueens-8; benchmarks/act.py).
+# The rule ACT uses when asked to (``--act``; no command halts by default). Confidence alone
+# (p_halt > 0.5) halted N-Queens 8x8 trajectories after 1.47 of 4 steps at 10.6 points of sample
+# accuracy below the full budget; requiring an unchanged answer as well costs 0.2 points at 2.47
+# steps (docs/RESULTS.md, act_nqueens-8; benchmarks/act.py). On colouring it costs more: 0.6 to 1.4
+# points at the trained 4 steps and 1.8 to 4.4 at 8 (eval_depth), and on colouring-10 every
+# stricter rule that costs nothing runs the whole budget (act_coloring-10_depth-8).
 ACT = HaltRule(0.5, stable=True)
+
+# Rollouts recurse deeper than training unless told otherwise: the same model, more supervision
+# steps (the paper's depth axis). On every conditional task at the cpu preset (N_sup = 4), twice
+# the trained budget gave more sample accuracy and more coverage than the trained budget: +0.4 and
+# +0.6 points of accuracy on N-Queens 8x8 (two seeds), +1.8 on 10x10, +3.4 on colouring-8 (where
+# conflict edges per sample fell from 0.21 to 0.17), +0.7 and +7.2 on colouring-10. Four times
+# gained 0.0 to 3.9 points more at twice the cost again (docs/RESULTS.md, eval_depth;
+# benchmarks/eval_depth.py). Unconditional generation gains more from depth: a 15-minute Shidoku
+# run gave 91.3% valid boards at its trained 4 steps, 95.6% at 8 and 97.3% at 16
+# (generation_sudoku-4_15min), at still ~260 boards/s on 2 cores.
+DEPTH_FACTOR = 2  # gram evaluate, gram sample, gram demo: multiples of the trained N_sup
+GENERATE_DEPTH_FACTOR = 4  # gram generate (unconditional runs)
+
+
+def default_steps(cfg) -> int:
+    """The supervision-step budget of a command's rollouts when it is given none: a multiple of
+    the trained N_sup (``DEPTH_FACTOR``, or ``GENERATE_DEPTH_FACTOR`` for unconditional runs)."""
+    return (GENERATE_DEPTH_FACTOR if cfg.unconditional else DEPTH_FACTOR) * cfg.n_supervision
 
 
 def replay_halting(traj: Trajectories, rule: HaltRule) -> tuple[np.ndarray, np.ndarray]:

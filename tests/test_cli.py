@@ -62,7 +62,13 @@ def test_evaluate_and_sample_run(tiny_run):
     import json
     report = json.loads(r.stdout)
     assert report["inputs"] == 5 and report["samples"] == 3
-    assert report["act"] is True and 1 <= report["mean_steps"] <= 2  # ACT is the default
+    # no ACT and twice the trained N_sup (2) unless asked: inference.default_steps
+    assert report["act"] is False and report["mean_steps"] == report["max_steps"] == 4
+    assert report["trained_steps"] == 2 and "of 4 (trained with 2)" in gram(
+        "evaluate", str(tiny_run), "--samples", "2", "--limit", "2").stdout
+    r = gram("evaluate", str(tiny_run), "--samples", "3", "--limit", "5", "--json", "--act")
+    report = json.loads(r.stdout)
+    assert report["act"] is True and 1 <= report["mean_steps"] <= 4 and report["max_steps"] == 4
     r = gram("evaluate", str(tiny_run), "--samples", "3", "--limit", "5", "--json", "--no-act",
              "--max-steps", "3")
     report = json.loads(r.stdout)
@@ -129,9 +135,27 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r.returncode == 0 and "reusing the trained run" in r.stdout
 
 
-@pytest.mark.parametrize("command, default", [("evaluate", "--act"), ("generate", "--no-act")])
+@pytest.mark.parametrize("command, default", [("evaluate", "--no-act"), ("sample", "--no-act"),
+                                              ("generate", "--no-act")])
 def test_help_states_each_default_it_uses(command, default):
     r = gram(command, "--help")
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())  # argparse wraps lines
     assert f"(default: {default})" in text and "{'" not in text  # no unformatted f-string
+
+
+@pytest.mark.parametrize("command, unconditional", [("evaluate", False), ("sample", False),
+                                                    ("generate", True)])
+def test_help_states_the_depth_the_library_defaults_to(command, unconditional):
+    """The CLI keeps torch out of --help, so it writes the depth factor as text: it must be the
+    one gram_pyro.inference.default_steps uses."""
+    from types import SimpleNamespace
+
+    from gram_pyro.config import make_config
+    from gram_pyro.inference import default_steps
+
+    factor = default_steps(SimpleNamespace(unconditional=unconditional, n_supervision=1))
+    cpu = default_steps(make_config("cpu", ["unconditional=true"] if unconditional else [],
+                                    task="sudoku-4"))
+    text = " ".join(gram(command, "--help").stdout.split())
+    assert f"(default: {factor} x the trained N_sup, {cpu} at the cpu preset;" in text

@@ -54,7 +54,7 @@ def test_generate_cli_on_a_tiny_unconditional_run(tmp_path):
     report = json.loads(r.stdout)
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert len(rows) == 50 == report["samples"]
-    assert report["max_steps"] == report["mean_steps"] == 4 * 2  # DEPTH_FACTOR x the trained N_sup
+    assert report["max_steps"] == report["mean_steps"] == 4 * 2  # inference.default_steps: 4 x the trained N_sup
     task = get_task("nqueens-6", unconditional=True)
     valid = [task.is_valid(task.parse_answer(row["board"])[None])[0] for row in rows]
     assert [row["valid"] for row in rows] == valid
