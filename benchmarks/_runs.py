@@ -104,9 +104,9 @@ def mean_sd(values) -> str:
 def measure_run(folder: Path, task: str, seed: int, limit: int | None, gen_samples: int) -> dict:
     """Prior-rollout quality of one run folder, the way the quality benchmarks report it:
     conditional tasks on the test split with 20 samples per input at ``gram evaluate``'s default
-    depth, without ACT (sample accuracy, micro and macro coverage@20, colouring conflicts per sample and, with
-    one sample per input, summed over the test set); unconditional tasks (``TASK-unconditional``)
-    by ``gram generate``'s defaults on ``gen_samples`` boards."""
+    depth, without ACT (sample accuracy, micro and macro coverage@20, colouring conflicts per
+    sample and, with one sample per input, summed over the test set); unconditional tasks
+    (``TASK-unconditional``) by ``gram generate``'s defaults on ``gen_samples`` boards."""
     from gram_pyro.checkpoint import load_checkpoint
 
     steps = int(load_checkpoint(folder)["step"])

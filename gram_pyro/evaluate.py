@@ -185,7 +185,8 @@ def format_report(r: dict) -> str:
     lines.append("  accuracy vs supervision steps (single sample): " +
                  " ".join(f"{100 * a:.0f}" for a in r["accuracy_by_step"]))
     budget = f" of {r['max_steps']} (trained with {r['trained_steps']})" if "max_steps" in r else ""
-    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}{budget}" + (" (ACT)" if r["act"] else ""))
+    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}{budget}"
+                 + (" (ACT)" if r["act"] else ""))
     if "conflicts_per_sample" in r:
         lines.append(f"  conflict edges per sample: {r['conflicts_per_sample']:.2f}")
     if "arc" in r:
