@@ -13,7 +13,7 @@ halting probability recorded. At each depth d, read from that one record:
 
 - the whole budget of d steps: sample accuracy, micro and macro coverage@N, and for colouring the
   conflict edges per sample;
-- the default halting rule of ``gram evaluate`` (``gram_pyro.inference.ACT``) replayed on the
+- the halting rule of ``gram evaluate --act`` (``gram_pyro.inference.ACT``) replayed on the
   first d steps: its sample accuracy, coverage and mean steps run (the compute it spends);
 - the change in sample accuracy against the trained N_sup, with a paired bootstrap 95% interval
   over inputs (each input's score is the share of its N samples that are correct).
@@ -43,7 +43,8 @@ def truncated(traj, d: int):
     """The record of ``traj`` as if it had been rolled out for ``d`` steps."""
     from gram_pyro.inference import Trajectories
 
-    return Trajectories(traj.step_answers[d - 1], traj.step_values[d - 1], np.full_like(traj.steps, d),
+    return Trajectories(traj.step_answers[d - 1], traj.step_values[d - 1],
+                        np.full_like(traj.steps, d),
                         traj.step_answers[:d], traj.step_values[:d], traj.step_halts[:d])
 
 
@@ -131,7 +132,8 @@ def figure(results: list[dict], path: Path) -> None:
             ax.axvline(r["trained"], color="grey", lw=0.5)
     axes[0].set(xlabel="supervision steps run (x: ACT, by its mean steps)",
                 ylabel="sample accuracy (%)", title="accuracy against depth")
-    axes[1].set(xlabel="supervision steps", ylabel="micro coverage (%)", title="coverage against depth")
+    axes[1].set(xlabel="supervision steps", ylabel="micro coverage (%)",
+                title="coverage against depth")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,13 +182,14 @@ def main(argv=None):
     stem = "eval_depth" + (f"_{args.tag}" if args.tag else "")
     fig = (Path(tempfile.mkdtemp()) if args.quick else ROOT / "docs" / "figures") / f"{stem}.png"
     figure(results, fig)
-    body = ("ACT is `gram evaluate`'s default halting rule (`gram_pyro.inference.ACT`), replayed on "
+    body = ("ACT is the halting rule of `gram evaluate --act` (`gram_pyro.inference.ACT`), replayed on "
             "the first d steps of the same record; \"vs trained\" is the change in sample accuracy "
             "against the whole trained budget, with its paired bootstrap 95% interval over "
             "inputs.\n\n" + (f"![accuracy and coverage against depth](figures/{stem}.png)\n\n"
                              if not args.quick else "") + "\n\n".join(sections))
     print(body)
-    write_section("eval_depth", "Test-time depth across tasks", body, quick=args.quick, tag=args.tag)
+    write_section("eval_depth", "Test-time depth across tasks", body, quick=args.quick,
+                  tag=args.tag)
     out = args.json or (Path(tempfile.mkdtemp()) / f"{stem}.json")
     out.write_text(json.dumps(results, indent=1))
     print(f"numbers: {out}")
