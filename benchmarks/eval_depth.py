@@ -182,8 +182,8 @@ def main(argv=None):
     stem = "eval_depth" + (f"_{args.tag}" if args.tag else "")
     fig = (Path(tempfile.mkdtemp()) if args.quick else ROOT / "docs" / "figures") / f"{stem}.png"
     figure(results, fig)
-    body = ("ACT is the halting rule of `gram evaluate --act` (`gram_pyro.inference.ACT`), replayed on "
-            "the first d steps of the same record; \"vs trained\" is the change in sample accuracy "
+    body = ("ACT is the halting rule of `gram evaluate --act` (`gram_pyro.inference.ACT`), "
+            "replayed on the first d steps of the same record; \"vs trained\" is the change in sample accuracy "
             "against the whole trained budget, with its paired bootstrap 95% interval over "
             "inputs.\n\n" + (f"![accuracy and coverage against depth](figures/{stem}.png)\n\n"
                              if not args.quick else "") + "\n\n".join(sections))
