@@ -54,9 +54,8 @@ def quality(task, part, answers) -> dict:
 
     m, n = answers.shape[:2]
     cov = metrics.coverage(task, part, answers)
-    correct = task.is_correct(np.repeat(part.inputs, n, axis=0), answers.reshape(m * n, -1))
     out = {"acc": cov["sample_accuracy"], "cov_micro": cov["micro"], "cov_macro": cov["macro"],
-           "per_input": correct.reshape(m, n).mean(1)}
+           "per_input": cov["correct"].mean(1)}
     conf = metrics.conflicts(task, np.repeat(part.inputs, n, axis=0), answers.reshape(m * n, -1))
     if conf is not None:
         out["conflicts"] = conf["mean"]

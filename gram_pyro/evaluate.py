@@ -59,8 +59,6 @@ def evaluate_run(run_dir, *, samples: int = 20, split: str = "test", max_steps: 
         traj = prior_rollouts(model, part.inputs, samples, max_steps=max_steps, act=act,
                               record=True, chunk_size=chunk_size or DEFAULT_CHUNK)
     report = summarize(task, cfg, part, traj, split=split, act=act)
-    report["max_steps"] = 1 if cfg.model == "ar" else max_steps  # an AR sample is one pass
-    report["trained_steps"] = cfg.n_supervision
     if select_method == "smc":
         from gram_pyro.smc import lprm_smc
 
@@ -147,6 +145,10 @@ def summarize(task, cfg, part, traj, *, split: str, act: bool) -> dict:
         "identical_samples_fraction": identical,
         "accuracy_by_step": depth,
         "mean_steps": float(traj.steps.mean()), "act": act,
+        # the budget the rollout ran under (an AR sample is one pass, whatever was asked)
+        "max_steps": len(traj.step_answers) if traj.step_answers is not None
+        else int(traj.steps.max()),
+        "trained_steps": cfg.n_supervision,
     }
     conf = metrics.conflicts(task, np.repeat(part.inputs, n, axis=0), traj.answers.reshape(m * n, -1))
     if conf is not None:
@@ -184,9 +186,8 @@ def format_report(r: dict) -> str:
                                                     zip(curve["n"], curve["micro"])) + " (micro)")
     lines.append("  accuracy vs supervision steps (single sample): " +
                  " ".join(f"{100 * a:.0f}" for a in r["accuracy_by_step"]))
-    budget = f" of {r['max_steps']} (trained with {r['trained_steps']})" if "max_steps" in r else ""
-    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f}{budget}"
-                 + (" (ACT)" if r["act"] else ""))
+    lines.append(f"  mean supervision steps: {r['mean_steps']:.2f} of {r['max_steps']} (trained "
+                 f"with {r['trained_steps']})" + (" (ACT)" if r["act"] else ""))
     if "conflicts_per_sample" in r:
         lines.append(f"  conflict edges per sample: {r['conflicts_per_sample']:.2f}")
     if "arc" in r:

@@ -35,8 +35,9 @@ def accuracy(task: Task, inputs: np.ndarray, answers: np.ndarray) -> float:
 def coverage(task: Task, split: Split, samples: np.ndarray) -> dict:
     """Coverage of ``samples`` ``[M, N, answer_len]`` (N answers per input of ``split``).
 
-    Returns macro and micro coverage, the per-input found counts, and the share of correct
-    samples. Only answers among the input's known completions count as found.
+    Returns macro and micro coverage, the per-input found counts, which samples are correct
+    (``correct`` ``[M, N]``) and their share. Only answers among the input's known completions
+    count as found.
     """
     samples = np.asarray(samples)
     m, n = samples.shape[:2]
@@ -56,6 +57,7 @@ def coverage(task: Task, split: Split, samples: np.ndarray) -> dict:
         "micro": float(found.sum() / max(int(totals.sum()), 1)),
         "found": found,
         "completions": totals,
+        "correct": correct,
         "sample_accuracy": float(correct.mean()),
     }
 
