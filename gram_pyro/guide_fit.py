@@ -16,7 +16,9 @@ direction, KL(p(eps | x, y) || q), which covers the posterior: the wake-phase q 
 reweighted wake-sleep (Pyro's :class:`~pyro.infer.ReweightedWakeSleep`), here on the
 ``trajectories`` plate so that K particles are one batched pass (:func:`wake_phi_loss`).
 A tenth of the pairs is held out and the parameters with the best held-out bound are kept (the
-ELBO for ``elbo``, IWAE_K for ``rws``). The result is stored in the checkpoint's ``guide_fit`` entry, beside the
+ELBO for ``elbo``, IWAE_K for ``rws``); the parameters judged and kept are a running average of
+Adam's iterates (Polyak averaging), whose Monte Carlo jitter otherwise costs the fit about as
+much as it gains late on. The result is stored in the checkpoint's ``guide_fit`` entry, beside the
 training state, which it leaves alone; :func:`gram_pyro.checkpoint.load_run` puts it on top of
 the EMA weights for ``gram loglik`` only. The prior never reads these parameters, so prior
 rollouts (and every accuracy or coverage figure) are the same before and after.
@@ -42,6 +44,8 @@ from gram_pyro.importance import TRAJECTORIES_PER_PASS, log_mean_exp, normalized
 from gram_pyro.recursion import SharedRecursion
 
 OBJECTIVES = ("elbo", "rws")
+AVERAGE = 0.995  # decay of the parameters' running average that the fit judges and keeps
+HELDOUT_PARTICLES = 8  # guide particles per held-out pair for the held-out ELBO
 
 GUIDE_REPORT = "guide.json"
 
@@ -53,11 +57,13 @@ def guide_parameters(net) -> dict:
     return {k: p for k, p in net.named_parameters() if k.startswith(prefixes)}
 
 
-def heldout_elbo(model, guide, x, y, *, batch_size: int, seed: int) -> float:
-    """The mean full ELBO (nats per pair) of ``(x, y)``, one guide particle each, on an RNG forked
-    and seeded with ``seed`` (the same noise every time it is called: comparable across a fit)."""
+def heldout_elbo(model, guide, x, y, *, batch_size: int, seed: int, particles: int = 1) -> float:
+    """The mean full ELBO (nats per pair) of ``(x, y)``, ``particles`` guide particles each, on
+    an RNG forked and seeded with ``seed`` (the same noise every time it is called: comparable
+    across a fit)."""
     elbo = GramELBO(beta=1.0, kl_balance=None)
     devices = [x.device] if x.device.type == "cuda" else []
+    x, y = x.repeat(particles, 1), y.repeat(particles, 1)
     total = 0.0
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -104,7 +110,8 @@ def wake_phi_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
 def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
               batch_size: int = 32, lr: float = 1e-3, holdout: float = 0.1, eval_every: int = 50,
               seconds: float | None = None, seed: int = 0, max_heldout: int = 256,
-              objective: str = "elbo", particles: int = 16, progress: bool = False) -> dict:
+              objective: str = "elbo", particles: int = 16, average: float = AVERAGE,
+              heldout_particles: int = HELDOUT_PARTICLES, progress: bool = False) -> dict:
     """Fit the guide's parameters of ``model.net`` in place on the pairs ``(x, y)``; a report.
 
     Adam, the model frozen, on a batch's minus full ELBO (``objective="elbo"``:
@@ -112,10 +119,15 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     :func:`wake_phi_loss` with ``particles`` particles per pair (``"rws"``: a step then runs
     ``batch_size * particles`` trajectories, without gradient through them). ``seconds`` bounds the fit
     (``steps`` is then an upper bound). A seeded tenth of the pairs (at most ``max_heldout``) is
-    held out; the parameters with the best held-out ELBO (``elbo``) or IWAE_K (``rws``) are
-    kept, so the fit never leaves that bound worse."""
+    held out; the parameters with the best held-out ELBO (``elbo``, ``heldout_particles``
+    particles per pair) or IWAE_K (``rws``) are kept, so the fit never leaves that bound worse.
+    What is judged and kept is the running average of the parameters (Polyak averaging: an
+    exponential moving average with decay ``average``; 0 keeps the iterates themselves), which
+    irons out the jitter of Adam's Monte Carlo steps."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown guide-fit objective {objective!r}; choose {' or '.join(OBJECTIVES)}")
+    if not 0.0 <= average < 1.0:
+        raise UserError(f"the parameter average's decay must be in [0, 1), got {average}")
     if objective == "rws" and particles < 2:
         raise UserError(f"the rws fit needs at least 2 particles per pair, got {particles}")
     start = time.monotonic()
@@ -130,7 +142,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     hx, hy = as_t(x[order[:n_held]]), as_t(y[order[:n_held]])
     tx, ty = x[order[n_held:]], y[order[n_held:]]
     if objective == "elbo":
-        score = lambda: heldout_elbo(model, guide, hx, hy, batch_size=batch_size, seed=seed)  # noqa: E731
+        score = lambda: heldout_elbo(model, guide, hx, hy, batch_size=batch_size, seed=seed,  # noqa: E731
+                                     particles=heldout_particles)
     else:
         score = lambda: heldout_iwae(model, guide, hx, hy, particles=particles, seed=seed)  # noqa: E731
     before = score()
@@ -142,6 +155,19 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     opt = torch.optim.Adam(params.values(), lr=lr)
     elbo = GramELBO(beta=1.0, kl_balance=None)
     best = {k: p.detach().clone() for k, p in params.items()}
+    mean = {k: p.detach().clone() for k, p in params.items()}  # the running average
+
+    def score_average() -> float:
+        """The held-out bound at the averaged parameters (the iterates put back after)."""
+        current = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(mean[k])
+            value = score()
+            for k, p in params.items():
+                p.copy_(current[k])
+        return value
+
     best_value, done, curve = before, 0, [(0, before)]
     deadline = None if seconds is None else start + seconds
     bar = tqdm(total=steps, desc="guide fit", disable=not progress, leave=False)
@@ -161,15 +187,18 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
                     break  # keep the best finite parameters seen
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
+                with torch.no_grad():
+                    for k, p in params.items():
+                        mean[k].lerp_(p.detach(), 1.0 - average)
                 bar.update()
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
                 last = done == steps or (deadline is not None and time.monotonic() > deadline)
                 if done % eval_every == 0 or last:
-                    value = score()
+                    value = score_average()
                     curve.append((done, value))
                     if value > best_value:
                         best_value = value
-                        best = {k: p.detach().clone() for k, p in params.items()}
+                        best = {k: v.clone() for k, v in mean.items()}
                 if last:
                     break
     finally:
@@ -180,7 +209,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
         for k, p in net.named_parameters():
             p.requires_grad_(grads[k])
     return {"pairs": len(x), "heldout_pairs": n_held, "steps": done, "batch_size": batch_size,
-            "lr": lr, "objective": objective,
+            "lr": lr, "objective": objective, "average": average,
+            "heldout_particles": heldout_particles if objective == "elbo" else None,
             "particles": particles if objective == "rws" else None,
             "bound": "full ELBO" if objective == "elbo" else f"IWAE_{particles}",
             "seconds": round(time.monotonic() - start, 1),
