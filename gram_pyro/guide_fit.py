@@ -17,8 +17,8 @@ reweighted wake-sleep (Pyro's :class:`~pyro.infer.ReweightedWakeSleep`), here on
 ``trajectories`` plate so that K particles are one batched pass (:func:`wake_phi_loss`).
 A tenth of the pairs is held out and the parameters with the best held-out bound are kept (the
 ELBO for ``elbo``, IWAE_K for ``rws``); the parameters judged and kept are a running average of
-Adam's iterates (Polyak averaging), whose Monte Carlo jitter otherwise costs the fit about as
-much as it gains late on. The result is stored in the checkpoint's ``guide_fit`` entry, beside the
+Adam's iterates (Polyak averaging), which irons out the jitter of its Monte Carlo steps. The
+result is stored in the checkpoint's ``guide_fit`` entry, beside the
 training state, which it leaves alone; :func:`gram_pyro.checkpoint.load_run` puts it on top of
 the EMA weights for ``gram loglik`` only. The prior never reads these parameters, so prior
 rollouts (and every accuracy or coverage figure) are the same before and after.
