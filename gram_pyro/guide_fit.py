@@ -42,6 +42,7 @@ from gram_pyro.errors import UserError
 from gram_pyro.importance import TRAJECTORIES_PER_PASS, log_mean_exp, normalized, \
     site_log_prob_sum, weighted_traces
 from gram_pyro.recursion import SharedRecursion
+from gram_pyro.schedule import warmed_decay
 
 OBJECTIVES = ("elbo", "rws")
 AVERAGE = 0.995  # decay of the parameters' running average that the fit judges and keeps
@@ -56,13 +57,6 @@ def guide_parameters(net) -> dict:
     answer it conditions on, and the fitted guide's mixer if it has one."""
     prefixes = ("posterior_head.", "target_embed.", "guide_mixer.")
     return {k: p for k, p in net.named_parameters() if k.startswith(prefixes)}
-
-
-def average_decay(step: int, average: float) -> float:
-    """The decay of the parameters' running average at optimizer step ``step`` (1, 2, ...):
-    ``min(average, step / (step + 10))``. The ramp keeps a short fit's average near its recent
-    iterates: at a fixed 0.995, 400 steps would still weigh the starting guide by 13%."""
-    return min(average, step / (step + 10.0))
 
 
 def heldout_elbo(model, guide, x, y, *, batch_size: int, seed: int, particles: int = 1) -> float:
@@ -132,8 +126,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     IWAE_K (``rws``) are kept, so the fit never leaves that bound worse.
     What is judged and kept is the running average of the parameters (Polyak averaging: an
     exponential moving average with decay ``average``, ramped up over the first steps by
-    :func:`average_decay`; 0 keeps the iterates themselves), which irons out the jitter of
-    Adam's Monte Carlo steps."""
+    :func:`~gram_pyro.schedule.warmed_decay` as the training EMA is; 0 keeps the iterates
+    themselves), which irons out the jitter of Adam's Monte Carlo steps."""
     if objective not in OBJECTIVES:
         raise UserError(f"unknown guide-fit objective {objective!r}; choose {' or '.join(OBJECTIVES)}")
     if not 0.0 <= average < 1.0:
@@ -200,7 +194,7 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
                     break  # keep the best finite parameters seen
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 opt.step()
-                decay = average_decay(done, average)
+                decay = warmed_decay(average, done)
                 with torch.no_grad():
                     for k, p in params.items():
                         mean[k].lerp_(p.detach(), 1.0 - decay)

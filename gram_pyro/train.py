@@ -54,7 +54,7 @@ from gram_pyro.errors import UserError
 from gram_pyro.evaluate import validation_metrics
 from gram_pyro.recursion import transition_rules
 from gram_pyro.runlog import MetricsLog, peak_memory_mb, summarize
-from gram_pyro.schedule import Schedule
+from gram_pyro.schedule import Schedule, warmed_decay
 from gram_pyro.supervision import LikelihoodStep, SupervisionStep
 from gram_pyro.tasks import get_task
 
@@ -106,13 +106,12 @@ def optimizers(net, cfg) -> list[torch.optim.Optimizer]:
 def ema_of(net, decay: float) -> AveragedModel:
     """The exponential moving average of ``net``'s weights that evaluation uses, as torch's
     :class:`~torch.optim.swa_utils.AveragedModel`. It starts at the initial weights, and its k-th
-    update (k = 0, 1, ...) uses the warmed-up decay ``min(decay, (1 + k) / (10 + k))``, so the
-    early averages are not dominated by the initialization."""
+    update (k = 0, 1, ...) uses the warmed-up decay :func:`~gram_pyro.schedule.warmed_decay`
+    ``(decay, k + 1)``, so the early averages are not dominated by the initialization."""
 
     def average(ema_params, params, n_averaged):
-        k = int(n_averaged) - 1  # n_averaged counts the copy of the initial weights
-        d = min(decay, (1 + k) / (10 + k))
-        torch._foreach_lerp_(ema_params, params, 1 - d)
+        # n_averaged counts the copy of the initial weights: this is update n_averaged
+        torch._foreach_lerp_(ema_params, params, 1 - warmed_decay(decay, int(n_averaged)))
 
     ema = AveragedModel(net, multi_avg_fn=average, use_buffers=False)
     ema.update_parameters(net)  # the first call copies: the average starts at the initial weights

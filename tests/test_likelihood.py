@@ -16,12 +16,13 @@ from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.cli import main
 from gram_pyro.guide_fit import format_report as format_guide_report
 from gram_pyro.errors import UserError
-from gram_pyro.guide_fit import average_decay, fit_guide, guide_parameters, wake_phi_loss
+from gram_pyro.guide_fit import fit_guide, guide_parameters, wake_phi_loss
 from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, pareto_khat
 from gram_pyro.inference import prior_rollouts
 from gram_pyro.likelihood import estimate, log_weights, smc_log_likelihood
 from gram_pyro.recursion import SharedRecursion
+from gram_pyro.schedule import warmed_decay
 from gram_pyro.train import Trainer
 from tests.helpers import tiny_config, tiny_programs
 from tests.linear_gaussian import LinearGaussian
@@ -257,14 +258,14 @@ def test_the_rws_fit_keeps_the_best_heldout_iwae_and_says_so(trained, capsys):
 
 
 def test_the_average_ramps_up_to_its_decay():
-    assert average_decay(1, 0.995) == pytest.approx(1 / 11)
-    assert average_decay(90, 0.995) == pytest.approx(0.9)
-    assert average_decay(10_000, 0.995) == 0.995 and average_decay(5, 0.0) == 0.0
+    assert warmed_decay(0.995, 1) == pytest.approx(1 / 10)
+    assert warmed_decay(0.995, 81) == pytest.approx(0.9)
+    assert warmed_decay(0.995, 10_000) == 0.995 and warmed_decay(0.0, 5) == 0.0
 
 
 def test_the_guide_fit_keeps_the_running_average_of_its_parameters(trained):
-    """One Adam step of about lr per coordinate, judged at the average (decay 1/11 at step 1):
-    what is kept moved 10/11 of the step the optimizer took, not all of it."""
+    """One Adam step of about lr per coordinate, judged at the average (decay 1/10 at step 1):
+    what is kept moved 9/10 of the step the optimizer took, not all of it."""
     task, cfg, net = load_run(trained)
     model, guide = programs(net, cfg)
     before = {k: p.detach().clone() for k, p in guide_parameters(net).items()}
@@ -277,8 +278,8 @@ def test_the_guide_fit_keeps_the_running_average_of_its_parameters(trained):
                        for k, p in guide_parameters(net).items()])
     moved = moved[moved > 1e-6]
     # Adam's first step is lr * g / (|g| + eps): about lr wherever the gradient is not tiny;
-    # the average moves (1 - 1/11) of it
-    step = 2e-3 * 10 / 11
+    # the average moves (1 - 1/10) of it
+    step = 2e-3 * 9 / 10
     assert len(moved) and float(moved.max()) <= step * 1.0001 and float(moved.median()) > step * 0.98
     assert report["average"] == 0.5 and report["heldout_particles"] == 2
     with pytest.raises(UserError):
