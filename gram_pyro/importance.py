@@ -21,6 +21,21 @@ def site_log_prob_sum(trace, batch_shape) -> torch.Tensor:
                if site["type"] == "sample")
 
 
+def site_log_ratios(model_trace, guide_trace, batch_shape) -> dict:
+    """Each sample site's share of ``log w``, by name, each broadcast to ``batch_shape``:
+    ``log p - log q`` of a latent site, ``log p`` of an observed one (the traces' log-densities
+    computed). They sum to :func:`weighted_traces`' ``log_w``."""
+    out = {}
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        ratio = site["log_prob"].expand(batch_shape)
+        if not site["is_observed"]:
+            ratio = ratio - guide_trace.nodes[name]["log_prob"].expand(batch_shape)
+        out[name] = ratio
+    return out
+
+
 def weighted_traces(model, guide, x, y, num_particles: int, **kwargs):
     """``(log_w, model_trace, guide_trace)`` of K = ``num_particles`` guide particles for each
     example, the particles on the programs' ``trajectories`` plate: ``log_w`` ``[K, B]`` is

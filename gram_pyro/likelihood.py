@@ -23,6 +23,10 @@ are resampled as the trajectory goes, an unbiased estimate of p(y | x) whose log
 stochastic lower bound like IWAE's. Where the two agree within their errors, and k-hat
 is small, the figure is the model's likelihood.
 
+Where k-hat is large, the report also says where: the variance of log w over each example's
+particles, split exactly by sample site (:meth:`Estimate.variance_by_site`), names the
+transitions at which the guide is furthest from the posterior.
+
 The guide used is the training guide, or the one ``gram fit-guide`` fitted for likelihood
 (:mod:`gram_pyro.guide_fit`) when the run has one.
 """
@@ -42,12 +46,13 @@ from gram_pyro.checkpoint import load_run
 from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.guide_fit import fit_bound, fit_method
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, TRAJECTORIES_PER_PASS, ess, \
-    log_mean_exp, pareto_khat, weighted_traces
+    log_mean_exp, pareto_khat, site_log_ratios, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.smc import systematic_resample
 
 
 KHAT_CAP = 10.0  # k-hat is reported at most this (it is inf when a single weight dominates)
+SITES_SHOWN = 4  # sites named in the printed split of the log-weight variance
 
 
 @dataclass
@@ -56,13 +61,16 @@ class Estimate:
     ``se`` (its Monte Carlo standard error, delta method on the weights), ``ess`` (effective
     sample size of the K weights), ``elbo`` (mean over particles of the analytic-KL ELBO).
     ``log_w`` ``[K, B]`` keeps the weights, from which :meth:`iwae_at` gives IWAE_k for k <= K;
-    ``khat`` is their Pareto k-hat (NaN below 50 particles)."""
+    ``khat`` is their Pareto k-hat (NaN below 50 particles). ``site_log_w`` {site: ``[K, B]``}
+    splits every log-weight by sample site (:func:`~gram_pyro.importance.site_log_ratios`), for
+    :meth:`variance_by_site`."""
 
     iwae: np.ndarray
     se: np.ndarray
     ess: np.ndarray
     elbo: np.ndarray
     log_w: torch.Tensor
+    site_log_w: dict | None = None
 
     @property
     def khat(self) -> np.ndarray:
@@ -79,17 +87,39 @@ class Estimate:
         lw = self.log_w[: groups * k].reshape(groups, k, -1).transpose(0, 1)
         return log_mean_exp(lw).mean(0).cpu().numpy()
 
+    def variance_by_site(self) -> tuple[float, dict]:
+        """Where the log-weights' spread comes from: ``(variance, shares)``. ``variance`` is the
+        variance of log w over each example's particles, averaged over examples (nats^2; heavy
+        tails and a creeping IWAE come with a large one). ``shares`` {site: fraction} splits it
+        exactly: a site's share is the covariance of its own log p/q with log w, over the same
+        particles, so the shares add up to 1 and the largest ones name the transitions where q
+        is furthest from the posterior (a site can also take a negative share, when it makes up
+        for the sites before it)."""
+        total = self.log_w.double()
+        centred = total - total.mean(0)
+        variance = (centred ** 2).mean(0).sum()
+        shares = {name: float(((v.double() - v.double().mean(0)) * centred).mean(0).sum() / variance)
+                  for name, v in self.site_log_w.items()} if float(variance) > 0 else {}
+        return float(variance) / total.shape[1], shares
+
 
 @torch.no_grad()
-def log_weights(model, guide, x, y, num_particles: int, **kwargs):
-    """``log w`` ``[K, B]`` of K guide particles for each example, and the matching analytic
-    single-particle ELBO ``[K, B]`` (reconstruction minus every transition's KL). ``kwargs``
-    go to model and guide alike (e.g. a shared recursion)."""
+def _weights(model, guide, x, y, num_particles: int, **kwargs):
+    """``(log_w, elbo, sites)``: :func:`log_weights` and the :func:`site_log_ratios` that sum to
+    ``log_w``."""
     log_w, model_trace, guide_trace = weighted_traces(model, guide, x, y, num_particles, **kwargs)
     shape = log_w.shape
     terms = GramELBO(beta=1.0, kl_balance=None).terms(model_trace, guide_trace)
     elbo = (terms["recon"] - terms["kl_total"]).expand(shape)
-    return log_w.float(), elbo.float()
+    sites = {k: v.float().cpu() for k, v in site_log_ratios(model_trace, guide_trace, shape).items()}
+    return log_w.float(), elbo.float(), sites
+
+
+def log_weights(model, guide, x, y, num_particles: int, **kwargs):
+    """``log w`` ``[K, B]`` of K guide particles for each example, and the matching analytic
+    single-particle ELBO ``[K, B]`` (reconstruction minus every transition's KL). ``kwargs``
+    go to model and guide alike (e.g. a shared recursion)."""
+    return _weights(model, guide, x, y, num_particles, **kwargs)[:2]
 
 
 def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
@@ -101,12 +131,15 @@ def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
     model/guide pair (GRAM passes a new :class:`SharedRecursion`)."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)  # tensors stay where they are
     chunk = chunk or max(1, TRAJECTORIES_PER_PASS // x.shape[0])
-    lws, elbos = [], []
+    lws, elbos, sites = [], [], []
     for done in range(0, num_particles, chunk):
-        lw, elbo = log_weights(model, guide, x, y, min(chunk, num_particles - done), **make_kwargs())
+        lw, elbo, by_site = _weights(model, guide, x, y, min(chunk, num_particles - done),
+                                     **make_kwargs())
         lws.append(lw)
         elbos.append(elbo)
+        sites.append(by_site)
     lw, elbo = torch.cat(lws), torch.cat(elbos)
+    site_log_w = {name: torch.cat([s[name] for s in sites]) for name in sites[0]}
     K = num_particles
     w = torch.exp(lw - lw.max(0).values).double()  # weights up to a per-example factor
     s1, s2 = w.sum(0), (w ** 2).sum(0)
@@ -114,7 +147,7 @@ def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
     var = (s2 / K - (s1 / K) ** 2).clamp_min(0.0) * K / max(K - 1, 1)
     se = torch.sqrt(var / K) / (s1 / K)
     return Estimate(log_mean_exp(lw).cpu().numpy(), se.cpu().numpy(), ess(lw).cpu().numpy(),
-                    elbo.mean(0).cpu().numpy(), lw.cpu())
+                    elbo.mean(0).cpu().numpy(), lw.cpu(), site_log_w)
 
 
 def _gather(t, idx):
@@ -219,6 +252,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
             v = est.iwae_at(k)
             table.append({"k": k, "iwae_nats": float(v.mean()), "sem": sem(v),
                           "bits_per_token": float(-v.mean() / tokens / math.log(2))})
+    variance, shares = est.variance_by_site()
     khat = np.minimum(est.khat, KHAT_CAP)  # inf (one weight dominates) is reported as the cap
     measured = khat[~np.isnan(khat)]  # NaN below KHAT_MIN_PARTICLES particles
     report = {
@@ -245,6 +279,8 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "khat_median": float(np.median(measured)) if len(measured) else None,
         "khat_unreliable": [int(i) for i in np.flatnonzero(khat > KHAT_RELIABLE)],
         "khat_share_reliable": float(np.mean(measured <= KHAT_RELIABLE)) if len(measured) else None,
+        "log_w_variance": variance,
+        "log_w_variance_by_site": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
         "lprm_factor": "off (the bounds are on the model without LPRM guidance)",
     }
     if smc and not ar:
@@ -289,6 +325,13 @@ def format_loglik(r: dict) -> str:
                      + (f"; k-hat > {KHAT_RELIABLE} (IWAE unreliable there) on {len(bad)} of "
                         f"{r['examples']}: examples {', '.join(map(str, bad[:12]))}"
                         f"{' ...' if len(bad) > 12 else ''}" if bad else ""))
+    shares = r.get("log_w_variance_by_site") or {}
+    if shares:
+        top = list(shares.items())[:SITES_SHOWN]
+        lines.append(f"  log-weight variance {r['log_w_variance']:.2f} nats^2 per example; its "
+                     "largest shares (covariance with log w) by site: "
+                     + ", ".join(f"{name} {100 * v:.0f}%" for name, v in top)
+                     + (f" (all {len(shares)} in the JSON)" if len(shares) > SITES_SHOWN else ""))
     lines.append(f"  guide: {r['guide']}")
     lines.append("  (± is the standard error of the mean over examples; LPRM guidance is "
                  "off, so these bound the model's own likelihood)")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Importance
@@ -21,6 +22,7 @@ from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, pareto_khat
 from gram_pyro.inference import prior_rollouts
 from gram_pyro.likelihood import estimate, log_weights, smc_log_likelihood
+from gram_pyro.models.gram import plates
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.schedule import warmed_decay
 from gram_pyro.train import Trainer
@@ -183,10 +185,42 @@ def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
     assert len(r["khat"]) == 3 and r["khat_median"] is not None
     assert set(r["khat_unreliable"]) == {i for i, k in enumerate(r["khat"]) if k > KHAT_RELIABLE}
     assert math.isfinite(r["smc_nats"]) and r["smc_nats"] <= 0
+    # the split of the log-weight variance names every site of the program, largest first
+    shares = r["log_w_variance_by_site"]
+    sites = {f"eps_{n}_{t}" for n in range(2) for t in range(2)} | {"y"}  # tiny: N_sup 2, T 2
+    assert set(shares) == sites and r["log_w_variance"] > 0
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
     assert main(["loglik", str(trained), "--particles", "8", "--limit", "2", "--guide", "trained",
                  "--no-smc"]) == 0
     text = capsys.readouterr().out
     assert "guide: the training guide" in text and "needs K >= 50" in text and "SMC" not in text
+    assert "log-weight variance" in text and "(all 5 in the JSON)" in text
+
+
+def test_the_log_weight_variance_is_split_onto_the_sites_where_q_is_not_p():
+    """A proposal that is the prior at transitions 0 and 2 and off at transition 1: those two
+    sites' log p/q are exactly zero and take none of the variance; transition 1 and the
+    observation take all of it, and the per-site pieces add up to log w."""
+    lg = LinearGaussian(steps=3)
+
+    def guide(x, y, num_samples=None):
+        with plates(x.shape[0], num_samples):
+            h = x.expand(num_samples, *x.shape)
+            for t in range(3):
+                u = h @ lg.A.T
+                loc, scale = (0.8, 0.4 * lg.s) if t == 1 else (0.0, lg.s)
+                h = u + pyro.sample(f"eps_0_{t}", dist.Normal(torch.full_like(u, loc), scale).to_event(1))
+
+    x, y = lg_batch()
+    pyro.set_rng_seed(0)
+    est = estimate(lg.model, guide, x, y, 200, chunk=64)
+    assert torch.allclose(sum(est.site_log_w.values()), est.log_w, atol=1e-4)
+    variance, shares = est.variance_by_site()
+    assert variance == pytest.approx(float(est.log_w.double().var(0, unbiased=False).mean()), rel=1e-6)
+    assert shares["eps_0_0"] == 0.0 and shares["eps_0_2"] == 0.0
+    assert shares["eps_0_1"] + shares["y"] == pytest.approx(1.0, abs=1e-9)
+    assert shares["eps_0_1"] > 0.5  # the mismatched transition carries most of it
 
 
 def test_fit_guide_refuses_the_deterministic_baseline(tmp_path, capsys):
