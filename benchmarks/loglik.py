@@ -91,6 +91,19 @@ def row(label: str, r: dict, big: dict | None) -> str:
             + f" | {big_cell} | {smc} | {k} | {r['iwae_seconds']:.0f} + {r.get('smc_seconds', 0):.0f} |")
 
 
+def variance_text(results: dict) -> str:
+    """Each guide's log-weight variance and its largest shares by site (`gram loglik`'s split)."""
+    parts = []
+    for label, r in results.items():
+        shares = list(r["log_w_variance_by_site"].items())[:4]
+        parts.append(f"{label} {r['log_w_variance']:.2f} nats^2 ("
+                     + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares) + ")")
+    return ("Where the weights' spread comes from: the variance of log w over each pair's "
+            "particles, and the sites with the largest shares of it (a site's share is the "
+            "covariance of its own log p/q with log w; the shares of all sites add to 100%): "
+            + "; ".join(parts) + ".")
+
+
 def fit_text(fit: dict, mixer: bool) -> str:
     """One guide fit as the command it ran and what it measured."""
     command = "gram fit-guide" + ("" if mixer else " --no-mixer") + (
@@ -215,7 +228,7 @@ def main(argv=None):
             f"{100 * after['khat_share_reliable']:.0f}% of pairs (goal >= 90%), SMC - IWAE "
             f"{after['smc_minus_iwae']:.3f} ± {after['smc_minus_iwae_sem'] or 0:.3f}. Prior rollouts "
             f"with and without the fitted guide: {'identical' if same else 'DIFFERENT'}.\n\n"
-            + lg_text)
+            + variance_text(results) + "\n\n" + lg_text)
     figure = ROOT / "docs" / "figures" / f"loglik{'_' + args.tag if args.tag else ''}.png"
     if not args.quick:
         plot(results, figure, f"{r0['task']}: {r0['quantity']} against particles, before and after "
