@@ -95,7 +95,7 @@ class Estimate:
         particles, so the shares add up to 1 and the largest ones name the transitions where q
         is furthest from the posterior (a site can also take a negative share, when it makes up
         for the sites before it)."""
-        total = self.log_w.double()
+        total = sum(v.double() for v in self.site_log_w.values())  # log w, summed in float64
         centred = total - total.mean(0)
         variance = (centred ** 2).mean(0).sum()
         shares = {name: float(((v.double() - v.double().mean(0)) * centred).mean(0).sum() / variance)

@@ -201,8 +201,9 @@ def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
 def test_the_log_weight_variance_is_split_onto_the_sites_where_q_is_not_p():
     """A proposal that is the prior at transitions 0 and 2 and off at transition 1: those two
     sites' log p/q are exactly zero and take none of the variance; transition 1 and the
-    observation take all of it, and the per-site pieces add up to log w."""
-    lg = LinearGaussian(steps=3)
+    observation take all of it, and the per-site pieces add up to log w. With a vague
+    observation (noise 30) almost all of it is transition 1's."""
+    lg = LinearGaussian(steps=3, obs_noise=30.0)
 
     def guide(x, y, num_samples=None):
         with plates(x.shape[0], num_samples):
@@ -217,10 +218,10 @@ def test_the_log_weight_variance_is_split_onto_the_sites_where_q_is_not_p():
     est = estimate(lg.model, guide, x, y, 200, chunk=64)
     assert torch.allclose(sum(est.site_log_w.values()), est.log_w, atol=1e-4)
     variance, shares = est.variance_by_site()
-    assert variance == pytest.approx(float(est.log_w.double().var(0, unbiased=False).mean()), rel=1e-6)
+    assert variance == pytest.approx(float(est.log_w.double().var(0, unbiased=False).mean()), rel=1e-4)
     assert shares["eps_0_0"] == 0.0 and shares["eps_0_2"] == 0.0
     assert shares["eps_0_1"] + shares["y"] == pytest.approx(1.0, abs=1e-9)
-    assert shares["eps_0_1"] > 0.5  # the mismatched transition carries most of it
+    assert shares["eps_0_1"] > 0.95  # the mismatched transition carries it
 
 
 def test_fit_guide_refuses_the_deterministic_baseline(tmp_path, capsys):
