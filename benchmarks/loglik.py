@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import ROOT, result_line, write_section  # noqa: E402
 from _runs import tiny_run  # noqa: E402
-from gram_pyro.likelihood import run_loglik  # noqa: E402
+from gram_pyro.likelihood import largest_shares, run_loglik  # noqa: E402
 
 
 def linear_gaussian_check(particles: int) -> tuple[str, bool]:
@@ -93,11 +93,8 @@ def row(label: str, r: dict, big: dict | None) -> str:
 
 def variance_text(results: dict) -> str:
     """Each guide's log-weight variance and its largest shares by site (`gram loglik`'s split)."""
-    parts = []
-    for label, r in results.items():
-        shares = list(r["log_w_variance_by_site"].items())[:4]
-        parts.append(f"{label} {r['log_w_variance']:.2f} nats^2 ("
-                     + ", ".join(f"{name} {100 * v:.0f}%" for name, v in shares) + ")")
+    parts = [f"{label} {r['log_w_variance']:.2f} nats^2 ({largest_shares(r['log_w_variance_by_site'])})"
+             for label, r in results.items()]
     return ("Where the weights' spread comes from: the variance of log w over each pair's "
             "particles, and the sites with the largest shares of it (a site's share is the "
             "covariance of its own log p/q with log w; the shares of all sites add to 100%): "

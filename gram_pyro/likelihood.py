@@ -70,7 +70,7 @@ class Estimate:
     ess: np.ndarray
     elbo: np.ndarray
     log_w: torch.Tensor
-    site_log_w: dict | None = None
+    site_log_w: dict
 
     @property
     def khat(self) -> np.ndarray:
@@ -300,6 +300,12 @@ def _pm(se) -> str:
     return f"± {se:.3f}" if se is not None else "± n/a"
 
 
+def largest_shares(shares: dict) -> str:
+    """``"eps_1_1 26%, eps_2_0 23%, ..."``: the first ``SITES_SHOWN`` of a report's
+    ``log_w_variance_by_site`` (largest first)."""
+    return ", ".join(f"{name} {100 * v:.0f}%" for name, v in list(shares.items())[:SITES_SHOWN])
+
+
 def format_loglik(r: dict) -> str:
     q = r["quantity"]
     lines = [f"{r['model']} on {r['task']}: {q} on {r['examples']} {r['split']} examples, "
@@ -327,10 +333,8 @@ def format_loglik(r: dict) -> str:
                         f"{' ...' if len(bad) > 12 else ''}" if bad else ""))
     shares = r.get("log_w_variance_by_site") or {}
     if shares:
-        top = list(shares.items())[:SITES_SHOWN]
         lines.append(f"  log-weight variance {r['log_w_variance']:.2f} nats^2 per example; its "
-                     "largest shares (covariance with log w) by site: "
-                     + ", ".join(f"{name} {100 * v:.0f}%" for name, v in top)
+                     "largest shares (covariance with log w) by site: " + largest_shares(shares)
                      + (f" (all {len(shares)} in the JSON)" if len(shares) > SITES_SHOWN else ""))
     lines.append(f"  guide: {r['guide']}")
     lines.append("  (± is the standard error of the mean over examples; LPRM guidance is "
