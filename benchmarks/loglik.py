@@ -104,7 +104,8 @@ def variance_text(results: dict) -> str:
 def fit_text(fit: dict, mixer: bool) -> str:
     """One guide fit as the command it ran and what it measured."""
     command = "gram fit-guide" + ("" if mixer else " --no-mixer") + (
-        f" --objective rws --particles {fit['particles']}" if fit["objective"] == "rws" else "")
+        f" --objective {fit['objective']} --particles {fit['particles']}"
+        if fit["objective"] != "elbo" else "")
     return (f"`{command}` ({fit['steps']} steps, {fit['wall_seconds']:.0f} s; held-out "
             f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair)")
 
@@ -154,11 +155,11 @@ def main(argv=None):
     p.add_argument("--guide-minutes", type=float, default=5.0)
     p.add_argument("--mixer", action=argparse.BooleanOptionalAction, default=True,
                    help="fit the guide with its mixer (gram fit-guide's default)")
-    p.add_argument("--objective", choices=["elbo", "rws"], nargs="+", default=["elbo"],
+    p.add_argument("--objective", choices=["elbo", "rws", "iwae"], nargs="+", default=["elbo"],
                    help="what gram fit-guide fits q to (its --objective); several run one after "
                         "the other, each going on from the last (`elbo rws`: the ELBO fit, then "
                         "rws), each with --guide-steps and --guide-minutes")
-    p.add_argument("--fit-particles", type=int, default=16, help="rws: particles per pair")
+    p.add_argument("--fit-particles", type=int, default=16, help="rws, iwae: particles per pair")
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)

@@ -259,17 +259,18 @@ def add_subcommands(sub) -> None:
                    help="give q a block that mixes the answer across positions before its head "
                         "(default on; q otherwise reads each position's answer token alone); "
                         "it costs about one block per transition when estimating")
-    p.add_argument("--objective", choices=["elbo", "rws"], default="elbo",
+    p.add_argument("--objective", choices=["elbo", "rws", "iwae"], default="elbo",
                    help="'elbo' (default): minimize KL(q || posterior), the full ELBO, which "
                         "keeps q inside the posterior (a tight ELBO); 'rws': reweighted "
-                        "wake-sleep's q update, KL(posterior || q), which spreads q over it. Each "
-                        "rws step runs --particles trajectories per pair, without "
-                        "backpropagation through them. On unconditional Shidoku rws gave a "
-                        "higher IWAE_1000 (-6.01 against -6.17) and a far lower ELBO (-32.6 "
-                        "against -9.5): docs/design.md §6")
+                        "wake-sleep's q update, KL(posterior || q), which spreads q over it, "
+                        "without backpropagation through the trajectories; 'iwae': maximize "
+                        "IWAE_K (--particles) with doubly reparameterized gradients, between the "
+                        "two. On unconditional Shidoku rws gave a higher IWAE_1000 (-6.01 "
+                        "against -6.17) and a far lower ELBO (-32.6 against -9.5): "
+                        "docs/design.md §6")
     p.add_argument("--particles", type=int_at_least(2, 4096), default=16,
-                   help="rws only: particles per pair (default 16; a step runs --batch-size "
-                        "pairs times this many trajectories)")
+                   help="rws and iwae: particles per pair (default 16; a step runs "
+                        "--batch-size pairs times this many trajectories)")
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

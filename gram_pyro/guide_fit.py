@@ -15,8 +15,11 @@ it and the importance weights grow heavy tails. ``objective="rws"`` minimizes th
 direction, KL(p(eps | x, y) || q), which covers the posterior: the wake-phase q update of
 reweighted wake-sleep (Pyro's :class:`~pyro.infer.ReweightedWakeSleep`), here on the
 ``trajectories`` plate so that K particles are one batched pass (:func:`wake_phi_loss`).
+``objective="iwae"`` sits between the two: q maximizes IWAE_K itself, with the doubly
+reparameterized gradient (DReG, :func:`iwae_dreg_loss`); at K = 1 that is the ELBO's direction,
+and as K grows its optimum moves toward covering the posterior.
 A tenth of the pairs is held out and the parameters with the best held-out bound are kept (the
-ELBO for ``elbo``, IWAE_K for ``rws``); the parameters judged and kept are a running average of
+ELBO for ``elbo``, IWAE_K for ``rws`` and ``iwae``); the parameters judged and kept are a running average of
 Adam's iterates (Polyak averaging), which irons out the jitter of its Monte Carlo steps. The
 result is stored in the checkpoint's ``guide_fit`` entry, beside the
 training state, which it leaves alone; :func:`gram_pyro.checkpoint.load_run` puts it on top of
@@ -33,18 +36,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from gram_pyro.build import model_label, programs, run_data
 from gram_pyro.checkpoint import RunLock, load_checkpoint, load_run, store_fit
-from gram_pyro.elbo import GramELBO
+from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.errors import UserError
 from gram_pyro.importance import TRAJECTORIES_PER_PASS, log_mean_exp, normalized, \
     site_log_prob_sum, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.schedule import warmed_decay
 
-OBJECTIVES = ("elbo", "rws")
+OBJECTIVES = ("elbo", "rws", "iwae")
 AVERAGE = 0.995  # decay of the parameters' running average that the fit judges and keeps
 HELDOUT_PARTICLES = 8  # guide particles per held-out pair for the held-out ELBO, at most
 HELDOUT_TRAJECTORIES = 256  # ... and at most this many trajectories per held-out score
@@ -109,6 +113,33 @@ def wake_phi_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
     return -(normalized(log_w) * log_q).sum()
 
 
+def iwae_dreg_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
+    """Minus IWAE_K's doubly reparameterized surrogate for q, summed over the pairs:
+    ``-sum_k sg(w~_k^2) log w_k``, where the K particles are reparameterized samples of q (their
+    paths carry gradient through the whole trajectory), ``log w_k = log p(y, eps_k | x) -
+    log q(eps_k; sg(phi))`` with q's parameters phi held constant, and w~ the self-normalized
+    weights. Its gradient in phi is DReG's estimate of the gradient of IWAE_K (Tucker et al.,
+    2018): unbiased, and without the score-function term whose variance grows with K, so the
+    signal does not vanish as K grows. ``guide`` must be an ``nn.Module``: log q is read by
+    replaying its particles with every parameter of the module detached
+    (:func:`torch.func.functional_call`), so only the samples' paths are differentiated. The
+    model's parameters get gradient if they require it; the guide fit freezes them."""
+    model_trace, guide_trace = guided_traces(model, guide, x, y, num_samples=particles, **kwargs)
+    model_trace.compute_log_prob()
+    shape = (particles, x.shape[0])
+    constants = {k: v.detach() for k, v in guide.named_parameters()}
+
+    def guide_at_constants(*args, **kw):
+        return torch.func.functional_call(guide, constants, args, kw)
+
+    q_trace = poutine.trace(poutine.replay(guide_at_constants, trace=guide_trace)).get_trace(
+        x, y, num_samples=particles, **kwargs)
+    q_trace = prune_subsample_sites(q_trace)
+    q_trace.compute_log_prob()
+    log_w = site_log_prob_sum(model_trace, shape) - site_log_prob_sum(q_trace, shape)
+    return -(normalized(log_w).detach() ** 2 * log_w).sum()
+
+
 def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
               batch_size: int = 32, lr: float = 1e-3, holdout: float = 0.1, eval_every: int = 50,
               seconds: float | None = None, seed: int = 0, max_heldout: int = 256,
@@ -119,11 +150,12 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     Adam, the model frozen, on a batch's minus full ELBO (``objective="elbo"``:
     :class:`~gram_pyro.elbo.GramELBO` with beta = 1 and no KL balancing) or its
     :func:`wake_phi_loss` with ``particles`` particles per pair (``"rws"``: a step then runs
-    ``batch_size * particles`` trajectories, without gradient through them). ``seconds`` bounds the fit
+    ``batch_size * particles`` trajectories, without gradient through them) or its
+    :func:`iwae_dreg_loss` (``"iwae"``: as many trajectories, with gradient through them). ``seconds`` bounds the fit
     (``steps`` is then an upper bound). A seeded tenth of the pairs (at most ``max_heldout``) is
     held out; the parameters with the best held-out ELBO (``elbo``, ``heldout_particles``
     particles per pair, fewer where that would pass ``HELDOUT_TRAJECTORIES`` trajectories) or
-    IWAE_K (``rws``) are kept, so the fit never leaves that bound worse.
+    IWAE_K (``rws``, ``iwae``) are kept, so the fit never leaves that bound worse.
     What is judged and kept is the running average of the parameters (Polyak averaging: an
     exponential moving average with decay ``average``, ramped up over the first steps by
     :func:`~gram_pyro.schedule.warmed_decay` as the training EMA is; 0 keeps the iterates
@@ -132,8 +164,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
         raise UserError(f"unknown guide-fit objective {objective!r}; choose {' or '.join(OBJECTIVES)}")
     if not 0.0 <= average < 1.0:
         raise UserError(f"the parameter average's decay must be in [0, 1), got {average}")
-    if objective == "rws" and particles < 2:
-        raise UserError(f"the rws fit needs at least 2 particles per pair, got {particles}")
+    if objective != "elbo" and particles < 2:
+        raise UserError(f"the {objective} fit needs at least 2 particles per pair, got {particles}")
     start = time.monotonic()
     net = model.net
     device = next(net.parameters()).device
@@ -185,8 +217,10 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
                 bx, by = as_t(tx[idx]), as_t(ty[idx])
                 if objective == "elbo":
                     loss = elbo.differentiable_loss(model, guide, bx, by, shared=SharedRecursion())
-                else:
+                elif objective == "rws":
                     loss = wake_phi_loss(model, guide, bx, by, particles, shared=SharedRecursion())
+                else:
+                    loss = iwae_dreg_loss(model, guide, bx, by, particles, shared=SharedRecursion())
                 loss = loss / len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -219,7 +253,7 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
     return {"pairs": len(x), "heldout_pairs": n_held, "steps": done, "batch_size": batch_size,
             "lr": lr, "objective": objective, "average": average,
             "heldout_particles": heldout_particles if objective == "elbo" else None,
-            "particles": particles if objective == "rws" else None,
+            "particles": particles if objective != "elbo" else None,
             "bound": "full ELBO" if objective == "elbo" else f"IWAE_{particles}",
             "seconds": round(time.monotonic() - start, 1),
             "heldout_before": before, "heldout_after": best_value,
@@ -265,8 +299,10 @@ def fit_bound(r: dict) -> str:
 
 
 def fit_method(r: dict) -> str:
-    """``", rws with K particles"`` for an rws fit's report, else nothing (the ELBO fit)."""
-    return f", rws with {r['particles']} particles" if r.get("objective") == "rws" else ""
+    """``", rws with K particles"`` (or iwae) for a multi-particle fit's report, else nothing
+    (the ELBO fit)."""
+    objective = r.get("objective", "elbo")
+    return f", {objective} with {r['particles']} particles" if objective != "elbo" else ""
 
 
 def format_report(r: dict) -> str:
