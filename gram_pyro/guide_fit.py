@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from gram_pyro.build import model_label, programs, run_data
@@ -95,22 +94,26 @@ def heldout_iwae(model, guide, x, y, *, particles: int, seed: int) -> float:
     return total / len(x)
 
 
+def replayed_log_q(guide, trace, x, y, particles: int, **kwargs) -> torch.Tensor:
+    """``log q(eps_k | x, y)`` ``[K, B]`` of the K particles in a guide ``trace``, read by
+    replaying them through ``guide`` (``poutine.replay``) with the same ``kwargs``: under GRAM's
+    ``shared=SharedRecursion()`` the recursion is reused, and only q's own layers run again."""
+    replayed = poutine.trace(poutine.replay(guide, trace=trace)).get_trace(
+        x, y, num_samples=particles, **kwargs)
+    replayed.compute_log_prob()
+    return site_log_prob_sum(replayed, (particles, x.shape[0]))
+
+
 def wake_phi_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
     """Reweighted wake-sleep's wake-phase loss for q, summed over the pairs:
     ``-sum_k w~_k log q(eps_k | x, y)`` with ``eps_k ~ q`` held fixed and ``w~`` the
     self-normalized importance weights ``p(y, eps_k | x) / q(eps_k | x, y)``. Its gradient in q's
     parameters estimates that of ``-KL(p(eps | x, y) || q)``: it pulls q over the whole
-    posterior, which is what a proposal needs. The particles are drawn without gradient; the
-    guide then replays them (``poutine.replay``) with the same ``kwargs``: under GRAM's
-    ``shared=SharedRecursion()`` the recursion is not recomputed, and only q's own layers carry
-    gradient."""
+    posterior, which is what a proposal needs. The particles are drawn without gradient and the
+    guide replays them (:func:`replayed_log_q`), so only q's own layers carry gradient."""
     with torch.no_grad():
         log_w, _, sampled = weighted_traces(model, guide, x, y, particles, **kwargs)
-    replayed = poutine.trace(poutine.replay(guide, trace=sampled)).get_trace(
-        x, y, num_samples=particles, **kwargs)
-    replayed.compute_log_prob()
-    log_q = site_log_prob_sum(replayed, log_w.shape)
-    return -(normalized(log_w) * log_q).sum()
+    return -(normalized(log_w) * replayed_log_q(guide, sampled, x, y, particles, **kwargs)).sum()
 
 
 def iwae_dreg_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor:
@@ -132,11 +135,8 @@ def iwae_dreg_loss(model, guide, x, y, particles: int, **kwargs) -> torch.Tensor
     def guide_at_constants(*args, **kw):
         return torch.func.functional_call(guide, constants, args, kw)
 
-    q_trace = poutine.trace(poutine.replay(guide_at_constants, trace=guide_trace)).get_trace(
-        x, y, num_samples=particles, **kwargs)
-    q_trace = prune_subsample_sites(q_trace)
-    q_trace.compute_log_prob()
-    log_w = site_log_prob_sum(model_trace, shape) - site_log_prob_sum(q_trace, shape)
+    log_w = site_log_prob_sum(model_trace, shape) - replayed_log_q(
+        guide_at_constants, guide_trace, x, y, particles, **kwargs)
     return -(normalized(log_w).detach() ** 2 * log_w).sum()
 
 
