@@ -92,6 +92,21 @@ def test_kl_balance_splits_the_gradient_not_the_value():
     assert torch.allclose(bq, 0.2 * gq) and torch.allclose(bp, 0.8 * gp)
 
 
+
+def test_beta_two_at_half_balance_has_the_plain_elbos_gradient():
+    """The likelihood recipe (docs/design.md §6) trains with beta = 2 and kl_balance = 0.5:
+    2 (KL(sg q || p) + KL(q || sg p)) / 2 follows the gradient of the plain ELBO at beta = 1 in
+    every parameter, here through z2's KL, whose q and p both move with the guide's z1."""
+    y = torch.tensor([0.5, -1.0])
+    grads = []
+    for beta, balance in ((2.0, 0.5), (1.0, None), (2.0, 0.8)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(5)
+        loss = GramELBO(beta=beta, kl_balance=balance).differentiable_loss(tiny_model, tiny_guide, y)
+        params = [pyro.param("loc").unconstrained(), pyro.param("scale").unconstrained()]
+        grads.append(torch.stack(torch.autograd.grad(loss, params)))
+    assert torch.allclose(grads[0], grads[1])
+    assert not torch.allclose(grads[2], grads[1], atol=1e-3)  # the default balance does not
 def test_objective_rules():
     paper = transition_rules("paper", 3)
     assert [r.kl for r in paper] == [False, False, True]
