@@ -92,7 +92,6 @@ def test_kl_balance_splits_the_gradient_not_the_value():
     assert torch.allclose(bq, 0.2 * gq) and torch.allclose(bp, 0.8 * gp)
 
 
-
 def test_beta_two_at_half_balance_has_the_plain_elbos_gradient():
     """The likelihood recipe (docs/design.md §6) trains with beta = 2 and kl_balance = 0.5:
     2 (KL(sg q || p) + KL(q || sg p)) / 2 follows the gradient of the plain ELBO at beta = 1 in
@@ -107,6 +106,8 @@ def test_beta_two_at_half_balance_has_the_plain_elbos_gradient():
         grads.append(torch.stack(torch.autograd.grad(loss, params)))
     assert torch.allclose(grads[0], grads[1])
     assert not torch.allclose(grads[2], grads[1], atol=1e-3)  # the default balance does not
+
+
 def test_objective_rules():
     paper = transition_rules("paper", 3)
     assert [r.kl for r in paper] == [False, False, True]
