@@ -4,6 +4,7 @@ with the training guide and after `gram fit-guide` (docs/design.md §6).
     python benchmarks/loglik.py --run runs/nq8 --tag nqueens-8
     python benchmarks/loglik.py --run runs/sud4u --tag sudoku-4-unconditional --guide-minutes 4
     python benchmarks/loglik.py --quick            # trains a tiny run first
+    python benchmarks/loglik.py --run RUN --defensive 0.1   # then a defensive guide, mixed in
 
 The run is copied to a temporary folder, so the guide fit does not touch it. On ``--limit``
 test pairs (a seeded subset) the script estimates, with the training guide and then with the
@@ -11,7 +12,10 @@ fitted one: the full ELBO, IWAE_k for k = 1, 10, 100 ... up to ``--particles``, 
 estimate with as many particles, and the k-hat of every pair's weights, with the seconds each
 took; then IWAE_k at ``--big-particles`` on the first ``--big-limit`` pairs. It checks that the
 prior rollouts are the same with and without the fitted guide, and that on the linear-Gaussian
-model (exact likelihood known) IWAE and SMC agree with the exact value.
+model (exact likelihood known) IWAE and SMC agree with the exact value. With ``--defensive A``
+a third row follows: a defensive guide fitted from the fitted one (`gram fit-guide --defensive
+A`, ``--defensive-objective`` with ``--defensive-particles``), IWAE proposing from the mixture
+(1 - A) q_fit + A q_def; the goals are then judged on that row.
 
 Goals (issue #20, after the fit): ELBO within 3 nats of IWAE_1000 on average; IWAE_1000 -
 IWAE_100 < 0.2 nats; k-hat <= 0.7 on at least 90% of pairs; SMC and IWAE within their error bars.
@@ -34,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import ROOT, result_line, write_section  # noqa: E402
 from _runs import tiny_run  # noqa: E402
 from gram_pyro.likelihood import largest_shares, run_loglik  # noqa: E402
+
+DEFENSIVE = "fitted + defensive guide"
 
 
 def linear_gaussian_check(particles: int) -> tuple[str, bool]:
@@ -71,12 +77,12 @@ def prior_rollouts_unchanged(run: Path, inputs: int = 64) -> bool:
     from gram_pyro.inference import prior_rollouts
 
     answers = []
-    for guide_fit in (False, True):
-        task, cfg, net = load_run(run, guide_fit=guide_fit)
+    for guide_fit, entry in ((False, "guide_fit"), (True, "guide_fit"), (True, "guide_defensive")):
+        task, cfg, net = load_run(run, guide_fit=guide_fit, guide_entry=entry)
         model, _ = programs(net, cfg)
         pyro.set_rng_seed(0)
         answers.append(prior_rollouts(model, run_data(task, cfg).test.inputs[:inputs], 8).answers)
-    return bool(np.array_equal(*answers))
+    return all(np.array_equal(answers[0], a) for a in answers[1:])
 
 
 def row(label: str, r: dict, big: dict | None) -> str:
@@ -105,7 +111,8 @@ def fit_text(fit: dict, mixer: bool) -> str:
     """One guide fit as the command it ran and what it measured."""
     command = "gram fit-guide" + ("" if mixer else " --no-mixer") + (
         f" --objective {fit['objective']} --particles {fit['particles']}"
-        if fit["objective"] != "elbo" else "")
+        if fit["objective"] != "elbo" else "") + (
+        f" --batch-size {fit['batch_size']} --defensive" if fit.get("defensive") else "")
     return (f"`{command}` ({fit['steps']} steps, {fit['wall_seconds']:.0f} s; held-out "
             f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair)")
 
@@ -119,7 +126,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     from gram_pyro import plots
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for (label, r), color in zip(results.items(), ("tab:blue", "tab:orange")):
+    for (label, r), color in zip(results.items(), ("tab:blue", "tab:orange", "tab:green")):
         ks = [t["k"] for t in r["iwae_by_k"]]
         axes[0].errorbar(ks, [t["iwae_nats"] for t in r["iwae_by_k"]],
                          yerr=[t["sem"] for t in r["iwae_by_k"]], marker="o", color=color,
@@ -160,6 +167,13 @@ def main(argv=None):
                         "the other, each going on from the last (`elbo rws`: the ELBO fit, then "
                         "rws), each with --guide-steps and --guide-minutes")
     p.add_argument("--fit-particles", type=int, default=16, help="rws, iwae: particles per pair")
+    p.add_argument("--defensive", type=float, metavar="A",
+                   help="then fit a defensive guide and mix it in with weight A (a third row: "
+                        "`gram loglik --defensive-weight A`)")
+    p.add_argument("--defensive-objective", choices=["rws", "iwae"], default="iwae")
+    p.add_argument("--defensive-particles", type=int, default=4)
+    p.add_argument("--defensive-batch-size", type=int, default=8)
+    p.add_argument("--defensive-minutes", type=float, help="default: --guide-minutes")
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -169,12 +183,28 @@ def main(argv=None):
         args.guide_steps, args.guide_minutes = 10, 1.0
     if args.run is None:
         p.error("--run is required (or --quick)")
+    if args.defensive is not None and not 0 < args.defensive < 1:
+        p.error(f"--defensive must be in (0, 1), got {args.defensive}")
     from gram_pyro.guide_fit import refit_run
 
     work = Path(tempfile.mkdtemp(prefix="gram-loglik-")) / "run"
     shutil.copytree(args.run, work, ignore=shutil.ignore_patterns("snapshots", ".lock", "*.png"))
     results, big, fits = {}, {}, []
-    for label in ("training guide", "fitted guide"):
+    labels = ["training guide", "fitted guide"] + ([DEFENSIVE] if args.defensive else [])
+    for label in labels:
+        if label == DEFENSIVE:
+            start = time.perf_counter()
+            fit = refit_run(work, steps=args.guide_steps,
+                            seconds=(args.defensive_minutes or args.guide_minutes) * 60,
+                            batch_size=args.defensive_batch_size, mixer=args.mixer,
+                            objective=args.defensive_objective,
+                            particles=args.defensive_particles, defensive=True,
+                            progress=True)
+            fit["wall_seconds"] = time.perf_counter() - start
+            fits.append(fit)
+            print(f"defensive guide fit: {fit['steps']} steps in {fit['wall_seconds']:.0f} s, "
+                  f"held-out {fit['bound']} {fit['heldout_before']:.3f} -> "
+                  f"{fit['heldout_after']:.3f}", flush=True)
         if label == "fitted guide":
             for objective in args.objective:
                 start = time.perf_counter()
@@ -186,8 +216,13 @@ def main(argv=None):
                 print(f"guide fit ({objective}): {fit['steps']} steps in {fit['wall_seconds']:.0f} s, "
                       f"held-out {fit['bound']} {fit['heldout_before']:.3f} -> "
                       f"{fit['heldout_after']:.3f}", flush=True)
-        results[label] = run_loglik(work, particles=args.particles, limit=args.limit, smc=True)
-        big[label] = run_loglik(work, particles=args.big_particles, limit=args.big_limit, smc=False) \
+        # each row its own guide, whatever fits the copied run came with
+        guide = {"fitted_guide": label != "training guide",
+                 "defensive_weight": args.defensive if label == DEFENSIVE else 0.0}
+        results[label] = run_loglik(work, particles=args.particles, limit=args.limit, smc=True,
+                                    **guide)
+        big[label] = run_loglik(work, particles=args.big_particles, limit=args.big_limit,
+                                smc=False, **guide) \
             if args.big_particles > args.particles else None
         print(label, {k: results[label][k] for k in ("elbo_nats", "iwae_nats", "smc_nats",
                                                      "khat_median")}, flush=True)
@@ -199,7 +234,7 @@ def main(argv=None):
               + f" | IWAE_{args.big_particles} | SMC, K = {args.particles} | k-hat median / "
               "share <= 0.7 | seconds (IWAE + SMC) |")
     lines = [header, "|---|" + "---|" * 9] + [row(label, r, big[label]) for label, r in results.items()]
-    after = results["fitted guide"]
+    after = results[labels[-1]]
     by_k = {t["k"]: t["iwae_nats"] for t in after["iwae_by_k"]}
     top = max(ks)
     gap = by_k[top] - after["elbo_nats"]
@@ -221,6 +256,10 @@ def main(argv=None):
             "proposal (`gram_pyro.likelihood.smc_log_likelihood`); k-hat is the Pareto tail index "
             "of each pair's K weights (PSIS; above 0.7 the IS estimate is unreliable).\n\n"
             + "\n".join(lines)
+            + (f"\n\nThe last row proposes from {1 - args.defensive:g} x the fitted guide + "
+               f"{args.defensive:g} x the defensive one (each particle from one of them, weighed "
+               "against the mixture); its ELBO is the mixture's, by Monte Carlo, and its SMC "
+               "proposes from the fitted guide alone." if args.defensive else "")
             + f"\n\nAfter the fit: ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
             f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "
             f"{100 * after['khat_share_reliable']:.0f}% of pairs (goal >= 90%), SMC - IWAE "

@@ -150,7 +150,7 @@ def check_contents(ckpt, path) -> None:
             (kind is float or float(value).is_integer()) and 0 <= value < float("inf")
         if not ok:
             raise UserError(f"{where}: its {key!r} entry is {value!r}, not a {kind.__name__} >= 0")
-    for key in ("critic_fit", "guide_fit"):
+    for key in ("critic_fit", "guide_fit", "guide_defensive"):
         fit = ckpt.get(key)
         if fit is not None and not (isinstance(fit, dict) and _is_weights(fit.get("weights"))
                                     and isinstance(fit.get("report", "{}"), str)):
@@ -277,13 +277,15 @@ class RunLock:
 
 
 def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = False,
-             ckpt: dict | None = None):
+             ckpt: dict | None = None, guide_entry: str = "guide_fit"):
     """``(task, cfg, net)`` of a trained run, with the EMA weights by default, and on top of them
     the critic fitted to the EMA model (``critic_fit``, :mod:`gram_pyro.critic`) when there is one.
     With ``guide_fit``, also the guide fitted for likelihood (``guide_fit``,
     :mod:`gram_pyro.guide_fit`) when there is one; its report is then ``net.guide_fit``. The
     guide's parameters play no part in prior rollouts, so neither changes what they sample.
-    ``ckpt``: the run's checkpoint when the caller has already loaded it."""
+    ``ckpt``: the run's checkpoint when the caller has already loaded it. ``guide_entry``: the
+    checkpoint entry the fitted guide is read from (``"guide_defensive"``: the defensive guide of
+    the mixture ``gram loglik`` proposes from, :mod:`gram_pyro.guide_fit`)."""
     ckpt = load_checkpoint(run_dir) if ckpt is None else ckpt
     cfg = config_of(ckpt)
     warn_if_config_edited(run_dir, cfg)
@@ -293,7 +295,7 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = F
     weights = dict(ckpt["ema"] if use_ema else ckpt["model"])
     if use_ema and isinstance(ckpt.get("critic_fit"), dict):
         weights.update(ckpt["critic_fit"]["weights"])
-    fitted_guide = ckpt.get("guide_fit") if guide_fit and use_ema else None
+    fitted_guide = ckpt.get(guide_entry) if guide_fit and use_ema else None
     if fitted_guide is not None:
         weights.update(fitted_guide["weights"])
         if any(k.startswith("guide_mixer.") for k in fitted_guide["weights"]):

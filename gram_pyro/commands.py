@@ -271,6 +271,13 @@ def add_subcommands(sub) -> None:
     p.add_argument("--particles", type=int_at_least(2, 4096), default=16,
                    help="rws and iwae: particles per pair (default 16; a step runs "
                         "--batch-size pairs times this many trajectories)")
+    p.add_argument("--defensive", action="store_true",
+                   help="fit a defensive guide instead, from the fitted one (run the plain fit "
+                        "first) and with a covering objective (e.g. --objective iwae "
+                        "--particles 4), stored beside it: `gram loglik` then proposes from the "
+                        "mixture (1 - A) x the fitted guide + A x the defensive one "
+                        "(its --defensive-weight A), whose weights' tail is bounded by the "
+                        "covering guide's (docs/design.md §6)")
     add_device(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -290,6 +297,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--guide", choices=("fitted", "trained"), default="fitted",
                    help="'fitted': the guide `gram fit-guide` fitted, if the run has one, else the "
                         "training guide; 'trained': always the training guide (default fitted)")
+    p.add_argument("--defensive-weight", type=float_in(0, 1, low_open=False), metavar="A",
+                   help="when the run has the defensive guide of `gram fit-guide --defensive`, "
+                        "propose from (1 - A) x the fitted guide + A x it (default 0.1; 0: the "
+                        "fitted guide alone, 1: the defensive one alone). A larger A trades "
+                        "ELBO for a lighter tail (docs/design.md §6)")
     add_device(p)
     p.add_argument("--json", action="store_true")
 
@@ -552,7 +564,7 @@ def cmd_fit_guide(args) -> dict:
 
     report = refit_run(args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, mixer=args.mixer, objective=args.objective,
-                       particles=args.particles,
+                       particles=args.particles, defensive=args.defensive,
                        seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
     print(dump_json(report) if args.json else format_report(report))
@@ -564,7 +576,9 @@ def cmd_loglik(args) -> dict:
 
     report = run_loglik(args.run_dir, particles=args.particles, split=args.split,
                         limit=args.limit, seed=args.seed, device=args.device,
-                        fitted_guide=args.guide == "fitted", smc=args.smc)
+                        fitted_guide=args.guide == "fitted",
+                        defensive_weight=args.defensive_weight,
+                        smc=args.smc)
     print(dump_json(report) if args.json else format_loglik(report))
     return report
 

@@ -25,6 +25,17 @@ result is stored in the checkpoint's ``guide_fit`` entry, beside the
 training state, which it leaves alone; :func:`gram_pyro.checkpoint.load_run` puts it on top of
 the EMA weights for ``gram loglik`` only. The prior never reads these parameters, so prior
 rollouts (and every accuracy or coverage figure) are the same before and after.
+
+The two directions pull apart: a q fitted to the ELBO has the tight ELBO and light body a
+likelihood needs but heavy-tailed weights, and one fitted to IWAE_K covers the posterior at the
+cost of the ELBO (docs/design.md §6). A *defensive* guide (``refit_run(defensive=True)``,
+``gram fit-guide --defensive``) is a second q, fitted from the first with a covering objective
+and stored in the ``guide_defensive`` entry, that ``gram loglik`` mixes in with a weight a it
+chooses (``--defensive-weight``, :mod:`gram_pyro.likelihood`). Each particle comes from q_fit
+or q_def, and its weight is p over the mixture density ``(1 - a) q_fit + a q_def``
+(Hesterberg's defensive importance sampling), which is at most 1/a times p / q_def: the tail is
+bounded by the covering guide's, while the ELBO of the mixture loses at most a times the gap
+between the two guides' ELBOs.
 """
 
 from __future__ import annotations
@@ -53,6 +64,9 @@ HELDOUT_PARTICLES = 8  # guide particles per held-out pair for the held-out ELBO
 HELDOUT_TRAJECTORIES = 256  # ... and at most this many trajectories per held-out score
 
 GUIDE_REPORT = "guide.json"
+DEFENSIVE_ENTRY = "guide_defensive"  # the checkpoint entry of the defensive guide
+DEFENSIVE_REPORT = "guide_defensive.json"
+DEFENSIVE_WEIGHT = 0.1  # gram loglik's default weight of the defensive guide in the mixture
 
 
 def guide_parameters(net) -> dict:
@@ -262,7 +276,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
 
 def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_size: int = 32,
               lr: float = 1e-3, seed: int = 0, mixer: bool = True, objective: str = "elbo",
-              particles: int = 16, progress: bool = False, device="cpu") -> dict:
+              particles: int = 16, defensive: bool = False, progress: bool = False,
+              device="cpu") -> dict:
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
     Starts from the run's EMA weights with its current fitted guide if it has one (so a second
@@ -270,7 +285,13 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
     report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
     ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way).
-    ``objective``, ``particles``: what q is fitted to (:func:`fit_guide`)."""
+    ``objective``, ``particles``: what q is fitted to (:func:`fit_guide`).
+
+    ``defensive`` fits the defensive guide instead: it starts from the fitted guide (which the
+    run must have), and goes to the ``guide_defensive`` entry and ``guide_defensive.json``,
+    leaving ``guide_fit`` as it was; ``gram loglik`` then proposes from ``(1 - a) q_fit + a
+    q_def`` (the module docstring). Use a covering objective for it
+    (``iwae`` or ``rws``): an ELBO fit would only repeat the first."""
     run_dir = Path(run_dir)
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
@@ -279,6 +300,9 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         if cfg.deterministic or cfg.model == "ar":
             raise UserError(f"{str(run_dir)!r} is the {model_label(cfg)}: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
+        if defensive and getattr(net, "guide_fit", None) is None:
+            raise UserError(f"{str(run_dir)!r} has no fitted guide for the defensive one to go on "
+                            f"from and be mixed with; run `gram fit-guide {run_dir}` first")
         if mixer:
             net.add_guide_mixer()
         model, guide = programs(net, cfg)
@@ -289,7 +313,12 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
         report["mixer"] = net.guide_mixer is not None
-        store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
+        report["defensive"] = defensive
+        if not defensive:
+            store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
+        else:
+            store_fit(run_dir, ckpt, DEFENSIVE_ENTRY, weights, report, DEFENSIVE_REPORT,
+                      "defensive guide")
     return report
 
 
@@ -306,9 +335,13 @@ def fit_method(r: dict) -> str:
 
 
 def format_report(r: dict) -> str:
-    return (f"guide fitted on {r['pairs'] - r['heldout_pairs']} training pairs for {r['steps']} "
+    defensive = r.get("defensive", False)
+    return (("defensive " if defensive else "") + f"guide fitted on {r['pairs'] - r['heldout_pairs']} "
+            f"training pairs for {r['steps']} "
             f"steps (batch {r['batch_size']}, lr {r['lr']:g}{fit_method(r)}) in "
             f"{r['seconds']:.0f} s; "
             f"held-out {fit_bound(r)} on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
-            f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now uses it; prior rollouts "
-            "are unchanged.")
+            f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now "
+            + ("mixes it into the fitted guide (--defensive-weight, default "
+               f"{DEFENSIVE_WEIGHT:g})" if defensive else "uses it")
+            + "; prior rollouts are unchanged.")

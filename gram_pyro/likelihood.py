@@ -28,7 +28,13 @@ particles, split exactly by sample site (:meth:`Estimate.variance_by_site`), nam
 transitions at which the guide is furthest from the posterior.
 
 The guide used is the training guide, or the one ``gram fit-guide`` fitted for likelihood
-(:mod:`gram_pyro.guide_fit`) when the run has one.
+(:mod:`gram_pyro.guide_fit`) when the run has one. When the run also has a defensive guide
+(``gram fit-guide --defensive``), IWAE proposes from the mixture ``(1 - a) q_fit + a q_def``,
+a = ``defensive_weight`` (0.1 by default; 0 leaves q_def out, 1 proposes from it alone):
+each particle is drawn from q_def with probability a, else from q_fit, and weighed against the
+mixture's density, which replaying the particle through the other guide gives
+(:func:`mixture_weights`). The mixture has no closed-form KL, so its ELBO is the Monte Carlo
+mean of log w. SMC proposes from q_fit alone.
 """
 
 from __future__ import annotations
@@ -42,11 +48,13 @@ import pyro
 import torch
 
 from gram_pyro.build import model_label, programs, resolve_device, run_data
-from gram_pyro.checkpoint import load_run
+from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.elbo import GramELBO, guided_traces
-from gram_pyro.guide_fit import fit_bound, fit_method
+from gram_pyro.errors import UserError
+from gram_pyro.guide_fit import DEFENSIVE_ENTRY, DEFENSIVE_WEIGHT, fit_bound, fit_method, \
+    replayed_log_q
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, TRAJECTORIES_PER_PASS, ess, \
-    log_mean_exp, pareto_khat, site_log_ratios, weighted_traces
+    log_mean_exp, pareto_khat, site_log_prob_sum, site_log_ratios, weighted_traces
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.smc import systematic_resample
 
@@ -115,6 +123,32 @@ def _weights(model, guide, x, y, num_particles: int, **kwargs):
     return log_w.float(), elbo.float(), sites
 
 
+@torch.no_grad()
+def mixture_weights(model, guides, weight: float, component: int, x, y, num_particles: int,
+                    make_kwargs=dict):
+    """``(log_w, elbo, sites)`` as :func:`_weights` gives them, for K = ``num_particles``
+    particles drawn from ``guides[component]`` of the defensive mixture ``q = (1 - weight)
+    guides[0] + weight guides[1]``: ``log_w = log p(y, eps | x) - log q(eps | x, y)``, where the
+    other guide's density of each particle comes from replaying it there
+    (:func:`~gram_pyro.guide_fit.replayed_log_q`). ``elbo`` is ``log_w`` itself (the mixture has
+    no closed-form KL), and ``sites`` splits it as the drawing guide's own :func:`site_log_ratios`
+    plus a ``mixture`` term ``log q_component - log q``. ``make_kwargs()`` gives fresh extra
+    arguments for each program run."""
+    log_w, model_trace, guide_trace = weighted_traces(model, guides[component], x, y,
+                                                      num_particles, **make_kwargs())
+    shape = log_w.shape
+    own = site_log_prob_sum(guide_trace, shape)
+    other = replayed_log_q(guides[1 - component], guide_trace, x, y, num_particles,
+                           **make_kwargs())
+    log_q = [own, other] if component == 0 else [other, own]
+    log_mix = torch.logaddexp(math.log1p(-weight) + log_q[0], math.log(weight) + log_q[1]) \
+        if weight < 1 else log_q[1]
+    sites = {k: v.float().cpu() for k, v in site_log_ratios(model_trace, guide_trace, shape).items()}
+    sites["mixture"] = (own - log_mix).float().cpu()
+    log_w = (log_w + own - log_mix).float()
+    return log_w, log_w, sites
+
+
 def log_weights(model, guide, x, y, num_particles: int, **kwargs):
     """``log w`` ``[K, B]`` of K guide particles for each example, and the matching analytic
     single-particle ELBO ``[K, B]`` (reconstruction minus every transition's KL). ``kwargs``
@@ -123,18 +157,36 @@ def log_weights(model, guide, x, y, num_particles: int, **kwargs):
 
 
 def estimate(model, guide, x, y, num_particles: int, chunk: int | None = None,
-             make_kwargs=dict) -> Estimate:
+             make_kwargs=dict, defensive: tuple | None = None) -> Estimate:
     """IWAE_K, its standard error and ESS, and the ELBO, per example of ``x`` ``[B, ...]``.
 
     Particles go ``chunk`` at a time (default: about 512 trajectories per pass; much larger
     passes thrash memory on CPU); ``make_kwargs()`` gives fresh extra arguments for each chunk's
-    model/guide pair (GRAM passes a new :class:`SharedRecursion`)."""
+    model/guide pair (GRAM passes a new :class:`SharedRecursion`).
+
+    ``defensive=(guide_def, a)``: propose from the mixture ``(1 - a) guide + a guide_def``
+    instead. Each particle k is drawn from ``guide_def`` when ``u_k < a`` (u uniform, from torch's
+    generator; one draw per particle, shared by the examples), so every example's K particles
+    are independent draws of the mixture, and weighed by :func:`mixture_weights`."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)  # tensors stay where they are
     chunk = chunk or max(1, TRAJECTORIES_PER_PASS // x.shape[0])
+    if defensive is not None:
+        guides, weight = (guide, defensive[0]), defensive[1]
+        component = (torch.rand(num_particles) < weight).long()
     lws, elbos, sites = [], [], []
     for done in range(0, num_particles, chunk):
-        lw, elbo, by_site = _weights(model, guide, x, y, min(chunk, num_particles - done),
-                                     **make_kwargs())
+        k = min(chunk, num_particles - done)
+        if defensive is None:
+            lw, elbo, by_site = _weights(model, guide, x, y, k, **make_kwargs())
+        else:  # the chunk's particles of each guide, put back in their drawn order
+            which = component[done:done + k]
+            parts = [(c, mixture_weights(model, guides, weight, c, x, y, int((which == c).sum()),
+                                         make_kwargs)) for c in (0, 1) if bool((which == c).any())]
+            order = torch.cat([torch.nonzero(which == c).flatten() for c, _ in parts])
+            inverse = torch.argsort(order).to(x.device)
+            lw, elbo = (torch.cat([p[i] for _, p in parts])[inverse] for i in (0, 1))
+            by_site = {n: torch.cat([p[2][n] for _, p in parts])[inverse.cpu()]
+                       for n in parts[0][1][2]}
         lws.append(lw)
         elbos.append(elbo)
         sites.append(by_site)
@@ -221,16 +273,29 @@ def smc_estimate(model, guide, x, y, num_particles: int, *, n_steps: int, chunk:
 
 def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int | None = 50,
                chunk: int | None = None, seed: int = 0, device: str = "cpu",
-               fitted_guide: bool = True, smc: bool = True) -> dict:
+               fitted_guide: bool = True, defensive_weight: float | None = None,
+               smc: bool = True) -> dict:
     """``gram loglik``: the full ELBO, IWAE_k (k = 1, 10, 100, 1000 up to ``particles``), the
     Pareto k-hat of every example's weights and (``smc``) the SMC estimate with as many particles,
     of a run on the (input, completion) pairs of a split, in nats per example and bits per answer
     token. The guide is the one ``gram fit-guide`` fitted when there is one (``fitted_guide``),
-    else the training guide; the report says which. The LPRM factor is off here (the model runs
+    else the training guide, mixed with the defensive guide at ``defensive_weight`` when the
+    run has one too (None: ``DEFENSIVE_WEIGHT``, 0.1; 0: not mixed in); the report says which. The LPRM factor is off here (the model runs
     without ``lprm_guidance``): these bound log p(y | x) of the model itself (log p(x) for an
     unconditional run)."""
-    task, cfg, net = load_run(run_dir, device=resolve_device(device), guide_fit=fitted_guide)
+    device = resolve_device(device)
+    ckpt = load_checkpoint(run_dir)
+    task, cfg, net = load_run(run_dir, device=device, guide_fit=fitted_guide, ckpt=ckpt)
     fit = getattr(net, "guide_fit", None)
+    mixture, shield = None, None  # (defensive guide, its weight); its fit report
+    defensive_weight = DEFENSIVE_WEIGHT if defensive_weight is None else defensive_weight
+    if not 0.0 <= defensive_weight <= 1.0:
+        raise UserError(f"the defensive guide's weight must be in [0, 1], got {defensive_weight}")
+    if fit and defensive_weight > 0 and ckpt.get(DEFENSIVE_ENTRY) is not None:
+        _, _, net_def = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt,
+                                 guide_entry=DEFENSIVE_ENTRY)
+        shield = net_def.guide_fit
+        mixture = (programs(net_def, cfg)[1], float(defensive_weight))
     x, y = run_data(task, cfg).split(split, nonempty=True).pairs()
     if limit and limit < len(x):
         keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
@@ -241,7 +306,8 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     ar = cfg.model == "ar"  # no latent variable: every weight is p(y | x), the estimate exact
     shared = (lambda: {}) if ar else (lambda: {"shared": SharedRecursion()})  # noqa: E731
     start = time.perf_counter()
-    est = estimate(model, guide, x, y, particles, chunk=chunk, make_kwargs=shared)
+    est = estimate(model, guide, x, y, particles, chunk=chunk, make_kwargs=shared,
+                   defensive=mixture)
     iwae_seconds = time.perf_counter() - start
     n = len(x)
     tokens = task.answer_len
@@ -267,6 +333,13 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),
+        "defensive_guide": None if shield is None else
+            (f"mixed in with weight {mixture[1]:g} (`gram fit-guide --defensive`, {shield['steps']} "
+             f"steps{fit_method(shield)}, held-out {fit_bound(shield)} "
+             f"{shield['heldout_before']:.3f} -> {shield['heldout_after']:.3f} nats): IWAE "
+             f"proposes from {1 - mixture[1]:g} x the fitted guide + {mixture[1]:g} x it; the "
+             "ELBO is the mixture's, by Monte Carlo; SMC proposes from the fitted guide alone"),
+        "defensive_weight": None if mixture is None else mixture[1],
         "elbo_nats": float(est.elbo.mean()), "elbo_sem": sem(est.elbo),
         "iwae_nats": float(est.iwae.mean()), "iwae_sem": sem(est.iwae),
         "iwae_mc_se_mean": float(np.mean(est.se)),
@@ -337,6 +410,8 @@ def format_loglik(r: dict) -> str:
                      "largest shares (covariance with log w) by site: " + largest_shares(shares)
                      + (f" (all {len(shares)} in the JSON)" if len(shares) > SITES_SHOWN else ""))
     lines.append(f"  guide: {r['guide']}")
+    if r.get("defensive_guide"):
+        lines.append(f"  defensive guide: {r['defensive_guide']}")
     lines.append("  (± is the standard error of the mean over examples; LPRM guidance is "
                  "off, so these bound the model's own likelihood)")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from gram_pyro.guide_fit import fit_guide, guide_parameters, iwae_dreg_loss, wak
 from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, log_mean_exp, pareto_khat, weighted_traces
 from gram_pyro.inference import prior_rollouts
-from gram_pyro.likelihood import estimate, log_weights, smc_log_likelihood
+from gram_pyro.likelihood import estimate, log_weights, run_loglik, smc_log_likelihood
 from gram_pyro.models.gram import plates
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.schedule import warmed_decay
@@ -398,3 +398,116 @@ def test_the_guide_fit_keeps_the_running_average_of_its_parameters(trained):
     assert report["average"] == 0.5 and report["heldout_particles"] == 2
     with pytest.raises(UserError):
         fit_guide(model, guide, x, y, steps=1, average=1.0)
+
+
+# -- the defensive mixture: q = (1 - a) q_fit + a q_def ------------------------------------------
+
+def test_each_particle_of_the_mixture_is_weighed_against_both_guides():
+    """Per particle, against Pyro's own poutine.trace/replay: a particle drawn from either guide
+    weighs p(y, eps | x) / ((1 - a) q_0(eps) + a q_1(eps)), and its site split adds up to it."""
+    from pyro import poutine
+
+    from gram_pyro.likelihood import mixture_weights
+
+    narrow = LinearGaussian(guide_gain=0.5, guide_scale=0.3)
+    broad = LinearGaussian(guide_gain=0.2, guide_scale=1.1)
+    guides, a = (narrow.guide, broad.guide), 0.2
+    x, y = lg_batch(4, b=5)
+    for component in (0, 1):
+        pyro.set_rng_seed(7)
+        log_w, elbo, sites = mixture_weights(narrow.model, guides, a, component, x, y, 6)
+        pyro.set_rng_seed(7)  # the same draw again, scored by hand
+        drawn = poutine.trace(guides[component]).get_trace(x, y, num_samples=6)
+
+        def log_density(program, *args):
+            tr = poutine.trace(poutine.replay(program, trace=drawn)).get_trace(*args, num_samples=6)
+            tr.compute_log_prob()
+            return sum(s["log_prob"] for s in tr.nodes.values() if s["type"] == "sample")
+
+        log_p = log_density(narrow.model, x, y)
+        log_q = [log_density(g, x, y) for g in guides]
+        expected = log_p - torch.logaddexp(math.log(1 - a) + log_q[0], math.log(a) + log_q[1])
+        assert torch.allclose(log_w, expected, atol=1e-4), component
+        assert torch.equal(elbo, log_w)
+        assert torch.allclose(sum(sites.values()), log_w, atol=1e-4) and "mixture" in sites
+
+
+def test_the_defensive_mixture_cuts_the_tail_and_keeps_the_estimate_exact():
+    """One transition, whose posterior N(m, S) is known. A guide much narrower than it, its mean
+    off, has heavy-tailed weights (k-hat > 0.7 on most examples); mixing in, at a fifth, a
+    covering guide (the posterior mean, the prior's scale) brings every example's k-hat under
+    0.7, and IWAE still recovers the Kalman likelihood."""
+    from types import SimpleNamespace
+
+    lg = LinearGaussian(steps=1, guide_gain=0.5, guide_scale=0.2)
+    S = torch.linalg.inv(torch.eye(3) / lg.s ** 2 + lg.C.T @ lg.C / lg.r ** 2)
+
+    def covering(x, y, num_samples=None):
+        with plates(x.shape[0], num_samples):
+            u = x.expand(num_samples, *x.shape) @ lg.A.T
+            m = (y - u @ lg.C.T) @ lg.C @ S / lg.r ** 2  # the posterior mean of eps
+            h = u + pyro.sample("eps_0_0", dist.Normal(m, lg.s).to_event(1))
+        return SimpleNamespace(h=h, l=None)
+
+    x, y = lg_batch(5, b=6)
+    exact = lg.exact_log_likelihood(x, y).numpy()
+    pyro.set_rng_seed(0)
+    alone = estimate(lg.model, lg.guide, x, y, 2000, chunk=500)
+    pyro.set_rng_seed(0)
+    mixed = estimate(lg.model, lg.guide, x, y, 2000, chunk=500, defensive=(covering, 0.2))
+    assert (alone.khat > KHAT_RELIABLE).mean() >= 0.5, alone.khat  # the tail is there to cut
+    assert (mixed.khat <= KHAT_RELIABLE).all(), mixed.khat
+    assert np.all(np.abs(mixed.iwae - exact) <= 4 * mixed.se + 0.02), (mixed.iwae, exact, mixed.se)
+    assert torch.allclose(sum(mixed.site_log_w.values()), mixed.log_w, atol=1e-4)
+
+
+def test_fit_guide_defensive_stores_a_second_guide_and_loglik_mixes_it_in(trained, capsys):
+    refit_guide(trained, steps=5, batch_size=16)
+    before = load_checkpoint(trained)
+    assert main(["fit-guide", str(trained), "--objective", "iwae", "--particles", "4",
+                 "--batch-size", "4", "--steps", "6", "--defensive", "--quiet", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["defensive"] and report["bound"] == "IWAE_4"
+    assert "defensive guide fitted" in format_guide_report(report)
+    after = load_checkpoint(trained)
+    for key in ("model", "ema"):
+        assert all(torch.equal(before[key][k], after[key][k]) for k in before[key])
+    main_fit, shield = after["guide_fit"]["weights"], after["guide_defensive"]["weights"]
+    assert all(torch.equal(before["guide_fit"]["weights"][k], main_fit[k]) for k in main_fit)
+    assert set(shield) == set(main_fit) and any(not torch.equal(shield[k], main_fit[k]) for k in shield)
+    assert json.loads((trained / "guide_defensive.json").read_text())["defensive"] is True
+    assert main(["loglik", str(trained), "--particles", "60", "--limit", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)  # the default weight, 0.1
+    assert r["defensive_weight"] == 0.1 and "with weight 0.1" in r["defensive_guide"]
+    assert "mixture" in r["log_w_variance_by_site"] and math.isfinite(r["smc_nats"])
+    assert main(["loglik", str(trained), "--particles", "8", "--limit", "2", "--no-smc",
+                 "--defensive-weight", "0.5"]) == 0
+    assert "defensive guide: mixed in with weight 0.5" in capsys.readouterr().out
+    assert main(["loglik", str(trained), "--particles", "8", "--limit", "2", "--no-smc",
+                 "--defensive-weight", "0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["defensive_guide"] is None and "mixture" not in r["log_w_variance_by_site"]
+    # prior rollouts never read either guide
+    task, cfg, net = load_run(trained)
+    model, _ = programs(net, cfg)
+    pyro.set_rng_seed(5)
+    plain = prior_rollouts(model, task.build(seed=0).test.inputs[:6], 4).answers
+    task, cfg, net = load_run(trained, guide_fit=True, guide_entry="guide_defensive")
+    model, _ = programs(net, cfg)
+    pyro.set_rng_seed(5)
+    assert np.array_equal(plain, prior_rollouts(model, task.build(seed=0).test.inputs[:6], 4).answers)
+
+
+def test_a_defensive_fit_needs_a_fitted_guide_and_a_weight_in_the_unit_interval(tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(tiny_config(extra=["steps=2", "critic_fit_steps=0"]), out, progress=False).fit()
+    assert main(["fit-guide", str(out), "--objective", "iwae", "--particles", "4",
+                 "--defensive"]) == 2
+    assert "no fitted guide" in capsys.readouterr().err
+    assert not (out / "guide_defensive.json").exists()
+    for bad in ("1.5", "-0.5", "nan"):
+        assert main(["loglik", str(out), "--defensive-weight", bad]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "at least 0" in err, (bad, err)
+    with pytest.raises(UserError):
+        run_loglik(out, particles=4, limit=1, defensive_weight=2.0)
