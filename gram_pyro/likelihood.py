@@ -141,8 +141,10 @@ def mixture_weights(model, guides, weight: float, component: int, x, y, num_part
     other = replayed_log_q(guides[1 - component], guide_trace, x, y, num_particles,
                            **make_kwargs())
     log_q = [own, other] if component == 0 else [other, own]
-    log_mix = torch.logaddexp(math.log1p(-weight) + log_q[0], math.log(weight) + log_q[1]) \
-        if weight < 1 else log_q[1]
+    if 0 < weight < 1:
+        log_mix = torch.logaddexp(math.log1p(-weight) + log_q[0], math.log(weight) + log_q[1])
+    else:  # one guide alone
+        log_mix = log_q[1] if weight >= 1 else log_q[0]
     sites = {k: v.float().cpu() for k, v in site_log_ratios(model_trace, guide_trace, shape).items()}
     sites["mixture"] = (own - log_mix).float().cpu()
     log_w = (log_w + own - log_mix).float()
