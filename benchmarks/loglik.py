@@ -190,32 +190,27 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="gram-loglik-")) / "run"
     shutil.copytree(args.run, work, ignore=shutil.ignore_patterns("snapshots", ".lock", "*.png"))
     results, big, fits = {}, {}, []
+
+    def timed_fit(name: str, **kwargs) -> None:
+        """One `gram fit-guide` on the copy, its wall time kept beside its report."""
+        start = time.perf_counter()
+        fit = refit_run(work, steps=args.guide_steps, mixer=args.mixer, progress=True, **kwargs)
+        fit["wall_seconds"] = time.perf_counter() - start
+        fits.append(fit)
+        print(f"{name}: {fit['steps']} steps in {fit['wall_seconds']:.0f} s, held-out "
+              f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f}", flush=True)
+
     labels = ["training guide", "fitted guide"] + ([DEFENSIVE] if args.defensive else [])
     for label in labels:
-        if label == DEFENSIVE:
-            start = time.perf_counter()
-            fit = refit_run(work, steps=args.guide_steps,
-                            seconds=(args.defensive_minutes or args.guide_minutes) * 60,
-                            batch_size=args.defensive_batch_size, mixer=args.mixer,
-                            objective=args.defensive_objective,
-                            particles=args.defensive_particles, defensive=True,
-                            progress=True)
-            fit["wall_seconds"] = time.perf_counter() - start
-            fits.append(fit)
-            print(f"defensive guide fit: {fit['steps']} steps in {fit['wall_seconds']:.0f} s, "
-                  f"held-out {fit['bound']} {fit['heldout_before']:.3f} -> "
-                  f"{fit['heldout_after']:.3f}", flush=True)
         if label == "fitted guide":
             for objective in args.objective:
-                start = time.perf_counter()
-                fit = refit_run(work, steps=args.guide_steps, seconds=args.guide_minutes * 60,
-                                mixer=args.mixer, objective=objective,
-                                particles=args.fit_particles, progress=True)
-                fit["wall_seconds"] = time.perf_counter() - start
-                fits.append(fit)
-                print(f"guide fit ({objective}): {fit['steps']} steps in {fit['wall_seconds']:.0f} s, "
-                      f"held-out {fit['bound']} {fit['heldout_before']:.3f} -> "
-                      f"{fit['heldout_after']:.3f}", flush=True)
+                timed_fit(f"guide fit ({objective})", seconds=args.guide_minutes * 60,
+                          objective=objective, particles=args.fit_particles)
+        if label == DEFENSIVE:
+            timed_fit("defensive guide fit",
+                      seconds=(args.defensive_minutes or args.guide_minutes) * 60,
+                      batch_size=args.defensive_batch_size, objective=args.defensive_objective,
+                      particles=args.defensive_particles, defensive=True)
         # each row its own guide, whatever fits the copied run came with
         guide = {"fitted_guide": label != "training guide",
                  "defensive_weight": args.defensive if label == DEFENSIVE else 0.0}
