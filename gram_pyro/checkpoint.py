@@ -300,8 +300,6 @@ def load_run(run_dir, ema: bool = True, device: str = "cpu", guide_fit: bool = F
         weights.update(fitted_guide["weights"])
         if any(k.startswith("guide_mixer.") for k in fitted_guide["weights"]):
             net.add_guide_mixer()
-        if any(k.startswith("guide_flow.") for k in fitted_guide["weights"]):
-            net.add_guide_flow()
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UserError(f"the critic or guide fitted in {str(run_dir)!r} has non-finite weights "

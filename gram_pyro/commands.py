@@ -259,11 +259,6 @@ def add_subcommands(sub) -> None:
                    help="give q a block that mixes the answer across positions before its head "
                         "(default on; q otherwise reads each position's answer token alone); "
                         "it costs about one block per transition when estimating")
-    p.add_argument("--flow", action=argparse.BooleanOptionalAction, default=False,
-                   help="bend q's Gaussian per element with a learned skew and tail weight (a "
-                        "sinh-arcsinh flow, starting at the Gaussian; kept by a later refit "
-                        "either way). Its KL has no closed form, so the ELBO is then estimated "
-                        "by Monte Carlo (docs/design.md §6)")
     p.add_argument("--objective", choices=["elbo", "rws", "iwae"], default="elbo",
                    help="'elbo' (default): minimize KL(q || posterior), the full ELBO, which "
                         "keeps q inside the posterior (a tight ELBO); 'rws': reweighted "
@@ -568,9 +563,8 @@ def cmd_fit_guide(args) -> dict:
     from gram_pyro.guide_fit import format_report, refit_run
 
     report = refit_run(args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, mixer=args.mixer, flow=args.flow,
-                       objective=args.objective, particles=args.particles,
-                       defensive=args.defensive,
+                       seed=args.seed, mixer=args.mixer, objective=args.objective,
+                       particles=args.particles, defensive=args.defensive,
                        seconds=args.minutes * 60 if args.minutes else None,
                        progress=not args.quiet, device=resolve_device(args.device))
     print(dump_json(report) if args.json else format_report(report))

@@ -6,8 +6,7 @@ For one supervision step (with the transitions chosen by the objective's rules):
     KL_bal = a * KL(sg(q) || p) + (1 - a) * KL(q || sg(p))        (a = kl_balance, 0.8)
 
 The KLs are analytic, as in :class:`~pyro.infer.TraceMeanField_ELBO` (valid here because model
-and guide share their dependency structure: both condition eps_t on the same sampled history),
-and like it fall back to ``log q - log p`` at the sample where no closed form exists.
+and guide share their dependency structure: both condition eps_t on the same sampled history).
 The weighting is Pyro's own: ``beta`` reaches the programs as their ``kl_scale`` argument, which
 puts every latent site under ``poutine.scale`` (the annealing factor of Pyro's DMM example), and
 a transition the objective leaves out sits under ``poutine.mask(mask=False)``. So with
@@ -51,16 +50,6 @@ def _detached(d):
         raise NotImplementedError(f"KL balancing supports Normal sites, got {type(base).__name__}")
     out = dist.Normal(base.loc.detach(), base.scale.detach())
     return out.to_event(dims) if dims else out
-
-
-def site_kl(q, p, value):
-    """KL(q || p): analytic where torch has it, else the one-sample estimate ``log q(value) -
-    log p(value)`` at the site's sampled ``value`` (as :class:`~pyro.infer.TraceMeanField_ELBO`
-    falls back; a guide with a flow, :mod:`gram_pyro.flows`, has no closed form)."""
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        return q.log_prob(value) - p.log_prob(value)
 
 
 def balanced_kl(q, p, balance: float | None):
@@ -122,10 +111,9 @@ class GramELBO(ELBO):
             if site["mask"] is False:  # poutine.mask(mask=False): outside this objective
                 continue
             q, p = guide_trace.nodes[name]["fn"], site["fn"]
-            kl_qp = site_kl(q, p, site["value"])
-            kl[name] = scale_and_mask(kl_qp, mask=site["mask"]).detach()
-            penalty = kl_qp if self.kl_balance is None else balanced_kl(q, p, self.kl_balance)
-            weighted = weighted + scale_and_mask(penalty, site["scale"], site["mask"])
+            kl[name] = scale_and_mask(kl_divergence(q, p), mask=site["mask"]).detach()
+            weighted = weighted + scale_and_mask(balanced_kl(q, p, self.kl_balance),
+                                                 site["scale"], site["mask"])
         kl_total = sum(kl.values()) if kl else torch.zeros_like(recon)  # the baseline has no KL
         return {"recon": recon, "kl": kl, "kl_total": kl_total, "surrogate": recon - weighted}
 

@@ -71,8 +71,8 @@ DEFENSIVE_WEIGHT = 0.1  # gram loglik's default weight of the defensive guide in
 
 def guide_parameters(net) -> dict:
     """The parameters only the guide reads, by name: the posterior head, the embedding of the
-    answer it conditions on, and the fitted guide's mixer and flow if it has them."""
-    prefixes = ("posterior_head.", "target_embed.", "guide_mixer.", "guide_flow.")
+    answer it conditions on, and the fitted guide's mixer if it has one."""
+    prefixes = ("posterior_head.", "target_embed.", "guide_mixer.")
     return {k: p for k, p in net.named_parameters() if k.startswith(prefixes)}
 
 
@@ -182,7 +182,6 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
         raise UserError(f"the {objective} fit needs at least 2 particles per pair, got {particles}")
     start = time.monotonic()
     net = model.net
-    flow = getattr(net, "guide_flow", None) is not None
     device = next(net.parameters()).device
     gen = np.random.default_rng(seed)
     order = gen.permutation(len(x))
@@ -230,9 +229,7 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
             for done in range(1, steps + 1):
                 idx = gen.integers(0, len(tx), min(batch_size, len(tx)))
                 bx, by = as_t(tx[idx]), as_t(ty[idx])
-                if objective == "elbo" and flow:  # no analytic KL: the path-only gradient
-                    loss = iwae_dreg_loss(model, guide, bx, by, 1, shared=SharedRecursion())
-                elif objective == "elbo":
+                if objective == "elbo":
                     loss = elbo.differentiable_loss(model, guide, bx, by, shared=SharedRecursion())
                 elif objective == "rws":
                     loss = wake_phi_loss(model, guide, bx, by, particles, shared=SharedRecursion())
@@ -278,9 +275,8 @@ def fit_guide(model, guide, x: np.ndarray, y: np.ndarray, *, steps: int = 400,
 
 
 def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, mixer: bool = True, flow: bool = False,
-              objective: str = "elbo", particles: int = 16, defensive: bool = False,
-              progress: bool = False,
+              lr: float = 1e-3, seed: int = 0, mixer: bool = True, objective: str = "elbo",
+              particles: int = 16, defensive: bool = False, progress: bool = False,
               device="cpu") -> dict:
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
@@ -288,8 +284,7 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     call goes on from the first), fits on the training pairs, and writes the fitted parameters
     to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
     report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
-    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way);
-    ``flow``: a :class:`~gram_pyro.nets.GuideFlow` (likewise).
+    ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way).
     ``objective``, ``particles``: what q is fitted to (:func:`fit_guide`).
 
     ``defensive`` fits the defensive guide instead: it starts from the fitted guide (which the
@@ -310,8 +305,6 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
                             f"from and be mixed with; run `gram fit-guide {run_dir}` first")
         if mixer:
             net.add_guide_mixer()
-        if flow:
-            net.add_guide_flow()
         model, guide = programs(net, cfg)
         x, y = run_data(task, cfg).train.pairs()
         report = fit_guide(model, guide, x, y, steps=steps, batch_size=batch_size, lr=lr,
@@ -320,7 +313,6 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
         report["mixer"] = net.guide_mixer is not None
-        report["flow"] = net.guide_flow is not None
         report["defensive"] = defensive
         if not defensive:
             store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")

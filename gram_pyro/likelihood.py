@@ -331,7 +331,6 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
                  (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps"
                   + (", with a mixer" if fit.get("mixer") else "")
-                  + (", with a flow" if fit.get("flow") else "")
                   + fit_method(fit) + f", held-out {fit_bound(fit)} "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else

@@ -264,25 +264,6 @@ class GuideMixer(nn.Module):
         return v + self.out(self.core(v))
 
 
-class GuideFlow(nn.Module):
-    """Per-element skew and tail weight of q's noise (:mod:`gram_pyro.flows`), read from the same
-    features as the posterior head, for the guide fitted for likelihood alone (``gram fit-guide
-    --flow``). ``skew = 2 tanh(a / 2)`` and ``tail = exp(tanh(b))`` keep the transform within
-    a skew of 2 and a tail weight of 1/e to e; its layer starts at zero (skew 0, tail 1: the
-    Gaussian), so the fit starts from the guide it is given exactly."""
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.out = nn.Linear(d_model, 2 * d_model)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, v):
-        with float32(v):
-            a, b = self.out(v.float()).chunk(2, dim=-1)
-            return 2.0 * torch.tanh(a / 2.0), torch.exp(torch.tanh(b))
-
-
 class GramNet(nn.Module):
     """Everything GRAM learns, in one container (the ``pyro.module`` of model and guide).
 
@@ -336,19 +317,12 @@ class GramNet(nn.Module):
         self.d_model = d_model
         self._mixer_shape = (total, d_model, expansion, block, n_heads)
         self.guide_mixer = None  # only a guide fitted for likelihood has one (add_guide_mixer)
-        self.guide_flow = None  # ... and the same for its flow (add_guide_flow)
 
     def add_guide_mixer(self) -> GuideMixer:
         """Give q a :class:`GuideMixer` (zero at the start, on the net's device), once."""
         if self.guide_mixer is None:
             self.guide_mixer = GuideMixer(*self._mixer_shape).to(self.h0.device)
         return self.guide_mixer
-
-    def add_guide_flow(self) -> GuideFlow:
-        """Give q a :class:`GuideFlow` (the Gaussian at the start, on the net's device), once."""
-        if self.guide_flow is None:
-            self.guide_flow = GuideFlow(self.d_model).to(self.h0.device)
-        return self.guide_flow
 
     def initial_state(self, batch_shape) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (*batch_shape, self.n_prefix + self.seq_len, self.d_model)
@@ -374,17 +348,13 @@ class GramNet(nn.Module):
         return self.prior_head(u)
 
     def posterior(self, u, y):
-        """q's parameters from u_t and the answer y ``[..., answer_len]`` (embedded in place):
-        ``(loc, scale)``, and ``(skew, tail)`` after them when q has a :class:`GuideFlow`."""
+        """q's parameters from u_t and the answer y ``[..., answer_len]`` (embedded in place)."""
         emb = self.target_embed(y)
         pad_before = self.answer_start
         pad_after = u.shape[-2] - pad_before - self.answer_len
         emb = F.pad(emb, (0, 0, pad_before, pad_after))
         v = u + emb
-        if self.guide_mixer is not None:
-            v = self.guide_mixer(v)
-        loc, scale = self.posterior_head(v)
-        return (loc, scale) if self.guide_flow is None else (loc, scale, *self.guide_flow(v))
+        return self.posterior_head(v if self.guide_mixer is None else self.guide_mixer(v))
 
     def decode(self, h):
         """Answer logits ``[..., answer_len, answer_vocab]`` (float32)."""

@@ -2,9 +2,7 @@
 
 The guide runs the model's loop (:meth:`~gram_pyro.models.gram.RecursionProgram.recur`) and
 differs only in the noise: ``eps_{n}_{t} ~ N(mu_q(u_t, y), sigma_q(u_t, y)^2)``, where y enters
-through a learned target embedding added to u_t at the answer positions (a guide fitted for
-likelihood with ``gram fit-guide --flow`` bends that Gaussian per element,
-:mod:`gram_pyro.flows`). It computes each u_t
+through a learned target embedding added to u_t at the answer positions. It computes each u_t
 once and leaves it in the :class:`~gram_pyro.recursion.SharedRecursion` it shares with the
 model, which reuses it on replay.
 """
@@ -13,7 +11,6 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 
-from gram_pyro.flows import sinh_arcsinh_normal
 from gram_pyro.models.gram import RecursionProgram, plates
 from gram_pyro.recursion import grad_enabled
 
@@ -34,9 +31,7 @@ class GramGuide(RecursionProgram):
 
         def posterior(u, rule):
             if rule.posterior:
-                params = net.posterior(u, y)
-                q = dist.Normal(*params) if len(params) == 2 else sinh_arcsinh_normal(*params)
-                return q.to_event(2)
+                return dist.Normal(*net.posterior(u, y)).to_event(2)
             with grad_enabled(False):
                 return dist.Normal(*self.prior_params(u)).to_event(2)
 
