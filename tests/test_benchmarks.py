@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ["pyro_overhead", "width_scaling", "memory_depth", "objectives", "quality_cpu", "loglik",
            "selection", "ddp", "beta", "generation", "throughput", "time_to_quality", "act",
            "recipe", "sudoku_width_depth", "images", "ablations", "arc", "coverage_ceiling",
-           "guide_geometry", "eval_depth"]
+           "guide_geometry", "eval_depth", "khat_gap"]
 CHECKED = {"sudoku_width_depth"}  # scripts whose --quick output a test of its own checks (below)
 
 
