@@ -183,3 +183,20 @@ def test_the_commit_stamp_counts_code_changes_but_not_the_benchmarks_own_output(
     assert _report.commit() == rev
     (tmp_path / "code.py").write_text("v2")
     assert _report.commit() == rev + "+uncommitted changes"
+
+
+def test_the_chance_that_a_measurement_reads_the_khat_goal_is_the_binomial_tail():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from khat_gap import chance_to_read_goal
+    finally:
+        sys.path.remove(str(BENCH))
+    p = 0.85
+    assert chance_to_read_goal(p, 10) == pytest.approx(p ** 10 + 10 * p ** 9 * (1 - p))  # 9 of 10
+    assert chance_to_read_goal(1.0, 43) == pytest.approx(1.0)
+    assert chance_to_read_goal(0.0, 43) == pytest.approx(0.0)
+    # against simulated measurements: 43 examples need 39 (38.7 rounds up), 50 need 45
+    gen = np.random.default_rng(0)
+    for n, need in ((43, 39), (50, 45)):
+        draws = gen.binomial(n, 0.9, size=200_000)
+        assert chance_to_read_goal(0.9, n) == pytest.approx((draws >= need).mean(), abs=0.005)
