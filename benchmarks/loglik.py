@@ -5,6 +5,7 @@ with the training guide and after `gram fit-guide` (docs/design.md §6).
     python benchmarks/loglik.py --run runs/sud4u --tag sudoku-4-unconditional --guide-minutes 4
     python benchmarks/loglik.py --quick            # trains a tiny run first
     python benchmarks/loglik.py --run RUN --defensive 0.1   # then a defensive guide, mixed in
+    python benchmarks/loglik.py --run RUN --draws 3         # the goals read 3 draws of particles
 
 The run is copied to a temporary folder, so the guide fit does not touch it. On ``--limit``
 test pairs (a seeded subset) the script estimates, with the training guide and then with the
@@ -15,7 +16,9 @@ prior rollouts are the same with and without the fitted guide, and that on the l
 model (exact likelihood known) IWAE and SMC agree with the exact value. With ``--defensive A``
 a third row follows: a defensive guide fitted from the fitted one (`gram fit-guide --defensive
 A`, ``--defensive-objective`` with ``--defensive-particles``), IWAE proposing from the mixture
-(1 - A) q_fit + A q_def; the goals are then judged on that row.
+(1 - A) q_fit + A q_def; the goals are then judged on that row. With ``--draws N`` that row's
+guide is measured on N independent draws of particles and the goals read them all: one draw's
+k-hat share on 50 pairs is a noisy figure.
 
 Goals (issue #20, after the fit): ELBO within 3 nats of IWAE_1000 on average; IWAE_1000 -
 IWAE_100 < 0.2 nats; k-hat <= 0.7 on at least 90% of pairs; SMC and IWAE within their error bars.
@@ -97,6 +100,38 @@ def row(label: str, r: dict, big: dict | None) -> str:
             + f" | {big_cell} | {smc} | {k} | {r['iwae_seconds']:.0f} + {r.get('smc_seconds', 0):.0f} |")
 
 
+def gap_and_creep(r: dict, top: int) -> tuple[float, float]:
+    """A report's ELBO gap to IWAE_top and IWAE_top - IWAE_(top / 10), in nats per pair."""
+    by_k = {t["k"]: t["iwae_nats"] for t in r["iwae_by_k"]}
+    return by_k[top] - r["elbo_nats"], by_k[top] - by_k.get(top // 10, by_k[top])
+
+
+def pooled_share(khats: list[list[float]]) -> tuple[float, list[float]]:
+    """The share of (pair, draw) readings with k-hat <= 0.7 over several draws of particles on
+    the same pairs, and each draw's own share; NaN readings (too few particles) left out."""
+    from gram_pyro.importance import KHAT_RELIABLE
+
+    per_draw = [np.asarray(k, dtype=float) for k in khats]
+    per_draw = [k[~np.isnan(k)] for k in per_draw]
+    if not sum(len(k) for k in per_draw):
+        raise ValueError("no k-hat was measured (too few particles)")
+    share = float(np.mean(np.concatenate(per_draw) <= KHAT_RELIABLE))
+    return share, [float(np.mean(k <= KHAT_RELIABLE)) if len(k) else float("nan") for k in per_draw]
+
+
+def draws_text(draws: list[dict], top: int) -> str:
+    """The last guide measured again on other particles: each draw's gap, creep and k-hat share."""
+    share, shares = pooled_share([r["khat"] for r in draws])
+    cells = [f"seed {i}: gap {g:.2f}, creep {c:.2f}, k-hat <= 0.7 on {100 * s:.0f}%"
+             for i, (r, s) in enumerate(zip(draws, shares)) for g, c in [gap_and_creep(r, top)]]
+    n = sum(int(np.sum(~np.isnan(np.asarray(r["khat"], dtype=float)))) for r in draws)
+    return (f"\n\nThe last guide on {len(draws)} independent draws of K = {draws[0]['particles']} "
+            f"particles (`gram loglik --seed S`, the same pairs): " + "; ".join(cells)
+            + f". Pooled, k-hat <= 0.7 on {100 * share:.1f}% of the {n} readings. One draw's share "
+            "on this many pairs moves by several points (`benchmarks/khat_gap.py`), so the goals "
+            "below read the pooled share and the mean gap and creep.")
+
+
 def variance_text(results: dict) -> str:
     """Each guide's log-weight variance and its largest shares by site (`gram loglik`'s split)."""
     parts = [f"{label} {r['log_w_variance']:.2f} nats^2 ({largest_shares(r['log_w_variance_by_site'])})"
@@ -174,6 +209,11 @@ def main(argv=None):
     p.add_argument("--defensive-particles", type=int, default=4)
     p.add_argument("--defensive-batch-size", type=int, default=8)
     p.add_argument("--defensive-minutes", type=float, help="default: --guide-minutes")
+    p.add_argument("--draws", type=int, default=1,
+                   help="judge the goals on this many independent draws of particles for the last "
+                        "guide (seeds 0 .. N-1, the same pairs; the extra draws without SMC): "
+                        "k-hat's share pooled over them, the gap and creep averaged. On 43 to 50 "
+                        "pairs one draw's share moves by several points (benchmarks/khat_gap.py)")
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -181,8 +221,11 @@ def main(argv=None):
         args.run = tiny_run()
         args.particles, args.limit, args.big_particles, args.big_limit = 100, 6, 200, 2
         args.guide_steps, args.guide_minutes = 10, 1.0
+        args.draws = max(args.draws, 2)  # so that the pooling runs
     if args.run is None:
         p.error("--run is required (or --quick)")
+    if args.draws < 1:
+        p.error(f"--draws must be at least 1, got {args.draws}")
     if args.defensive is not None and not 0 < args.defensive < 1:
         p.error(f"--defensive must be in (0, 1), got {args.defensive}")
     from gram_pyro.guide_fit import refit_run
@@ -201,6 +244,13 @@ def main(argv=None):
               f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f}", flush=True)
 
     labels = ["training guide", "fitted guide"] + ([DEFENSIVE] if args.defensive else [])
+
+    def guide_of(label: str) -> dict:
+        """`run_loglik`'s guide arguments for a row: each row its own guide, whatever fits the
+        copied run came with."""
+        return {"fitted_guide": label != "training guide",
+                "defensive_weight": args.defensive if label == DEFENSIVE else 0.0}
+
     for label in labels:
         if label == "fitted guide":
             for objective in args.objective:
@@ -211,9 +261,7 @@ def main(argv=None):
                       seconds=(args.defensive_minutes or args.guide_minutes) * 60,
                       batch_size=args.defensive_batch_size, objective=args.defensive_objective,
                       particles=args.defensive_particles, defensive=True)
-        # each row its own guide, whatever fits the copied run came with
-        guide = {"fitted_guide": label != "training guide",
-                 "defensive_weight": args.defensive if label == DEFENSIVE else 0.0}
+        guide = guide_of(label)
         results[label] = run_loglik(work, particles=args.particles, limit=args.limit, smc=True,
                                     **guide)
         big[label] = run_loglik(work, particles=args.big_particles, limit=args.big_limit,
@@ -230,15 +278,18 @@ def main(argv=None):
               "share <= 0.7 | seconds (IWAE + SMC) |")
     lines = [header, "|---|" + "---|" * 9] + [row(label, r, big[label]) for label, r in results.items()]
     after = results[labels[-1]]
-    by_k = {t["k"]: t["iwae_nats"] for t in after["iwae_by_k"]}
+    # the goals read the last guide on --draws independent draws of particles, the same pairs
+    draws = [after] + [run_loglik(work, particles=args.particles, limit=args.limit, smc=False,
+                                  seed=seed, **guide_of(labels[-1]))
+                       for seed in range(1, args.draws)]
     top = max(ks)
-    gap = by_k[top] - after["elbo_nats"]
-    creep = by_k[top] - by_k.get(top // 10, by_k[top])
+    gaps, creeps = zip(*(gap_and_creep(r, top) for r in draws))
+    gap, creep = float(np.mean(gaps)), float(np.mean(creeps))
+    share, shares = pooled_share([r["khat"] for r in draws])
     smc_ok = abs(after["smc_minus_iwae"]) <= 2 * (after["smc_minus_iwae_sem"] or 0) + 1e-9
     goals = [("elbo_gap", gap, "<3", gap < 3),
              ("iwae_top_minus_tenth", creep, "<0.2", creep < 0.2),
-             ("khat_share_reliable", after["khat_share_reliable"], ">=0.9",
-              after["khat_share_reliable"] >= 0.9),
+             ("khat_share_reliable", share, ">=0.9", share >= 0.9),
              ("smc_iwae_agree", float(smc_ok), "1", smc_ok),
              ("prior_rollouts_unchanged", float(same), "1", same),
              ("linear_gaussian_exact", float(lg_ok), "1", lg_ok)]
@@ -255,9 +306,11 @@ def main(argv=None):
                f"{args.defensive:g} x the defensive one (each particle from one of them, weighed "
                "against the mixture); its ELBO is the mixture's, by Monte Carlo, and its SMC "
                "proposes from the fitted guide alone." if args.defensive else "")
-            + f"\n\nAfter the fit: ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
+            + (draws_text(draws, top) if len(draws) > 1 else "")
+            + f"\n\nAfter the fit{f', over the {len(draws)} draws' if len(draws) > 1 else ''}: "
+            f"ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
             f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "
-            f"{100 * after['khat_share_reliable']:.0f}% of pairs (goal >= 90%), SMC - IWAE "
+            f"{100 * share:.0f}% of pairs (goal >= 90%), SMC - IWAE "
             f"{after['smc_minus_iwae']:.3f} ± {after['smc_minus_iwae_sem'] or 0:.3f}. Prior rollouts "
             f"with and without the fitted guide: {'identical' if same else 'DIFFERENT'}.\n\n"
             + variance_text(results) + "\n\n" + lg_text)

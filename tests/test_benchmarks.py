@@ -200,3 +200,19 @@ def test_the_chance_that_a_measurement_reads_the_khat_goal_is_the_binomial_tail(
     for n, need in ((43, 39), (50, 45)):
         draws = gen.binomial(n, 0.9, size=200_000)
         assert chance_to_read_goal(0.9, n) == pytest.approx((draws >= need).mean(), abs=0.005)
+
+
+def test_the_khat_share_pools_every_reading_of_every_draw():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from loglik import gap_and_creep, pooled_share
+    finally:
+        sys.path.remove(str(BENCH))
+    # 3 of 4 pairs under the line in one draw, 1 of 3 measured in the other (NaN left out)
+    share, shares = pooled_share([[0.1, 0.7, 0.71, 0.2], [0.9, float("nan"), 1.5, 0.69]])
+    assert shares == pytest.approx([0.75, 1 / 3])
+    assert share == pytest.approx(4 / 7)  # not the mean of the two shares (0.54)
+    with pytest.raises(ValueError):
+        pooled_share([[float("nan")]])
+    r = {"elbo_nats": -8.0, "iwae_by_k": [{"k": 100, "iwae_nats": -6.3}, {"k": 1000, "iwae_nats": -6.2}]}
+    assert gap_and_creep(r, 1000) == pytest.approx((1.8, 0.1))
