@@ -27,6 +27,7 @@ IWAE_100 < 0.2 nats; k-hat <= 0.7 on at least 90% of pairs; SMC and IWAE within 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -147,7 +148,8 @@ def fit_text(fit: dict, mixer: bool) -> str:
     command = "gram fit-guide" + ("" if mixer else " --no-mixer") + (
         f" --objective {fit['objective']} --particles {fit['particles']}"
         if fit["objective"] != "elbo" else "") + (
-        f" --batch-size {fit['batch_size']} --defensive" if fit.get("defensive") else "")
+        f" --batch-size {fit['batch_size']}" if fit.get("batch_size", 32) != 32 else "") + (
+        " --defensive" if fit.get("defensive") else "")
     return (f"`{command}` ({fit['steps']} steps, {fit['wall_seconds']:.0f} s; held-out "
             f"{fit['bound']} {fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats per pair)")
 
@@ -202,6 +204,9 @@ def main(argv=None):
                         "the other, each going on from the last (`elbo rws`: the ELBO fit, then "
                         "rws), each with --guide-steps and --guide-minutes")
     p.add_argument("--fit-particles", type=int, default=16, help="rws, iwae: particles per pair")
+    p.add_argument("--fit-batch-size", type=int, default=32,
+                   help="pairs per step of the rws and iwae fits (gram fit-guide --batch-size; the "
+                        "ELBO fit keeps its default 32)")
     p.add_argument("--defensive", type=float, metavar="A",
                    help="then fit a defensive guide and mix it in with weight A (a third row: "
                         "`gram loglik --defensive-weight A`)")
@@ -228,11 +233,14 @@ def main(argv=None):
         p.error(f"--draws must be at least 1, got {args.draws}")
     if args.defensive is not None and not 0 < args.defensive < 1:
         p.error(f"--defensive must be in (0, 1), got {args.defensive}")
-    from gram_pyro.guide_fit import refit_run
+    from gram_pyro.checkpoint import load_checkpoint
+    from gram_pyro.guide_fit import fit_bound, refit_run
 
     work = Path(tempfile.mkdtemp(prefix="gram-loglik-")) / "run"
     shutil.copytree(args.run, work, ignore=shutil.ignore_patterns("snapshots", ".lock", "*.png"))
     results, big, fits = {}, {}, []
+    stored = load_checkpoint(work).get("guide_fit")  # the fits below go on from it
+    came_with = json.loads(stored["report"]) if stored else None
 
     def timed_fit(name: str, **kwargs) -> None:
         """One `gram fit-guide` on the copy, its wall time kept beside its report."""
@@ -255,7 +263,8 @@ def main(argv=None):
         if label == "fitted guide":
             for objective in args.objective:
                 timed_fit(f"guide fit ({objective})", seconds=args.guide_minutes * 60,
-                          objective=objective, particles=args.fit_particles)
+                          objective=objective, particles=args.fit_particles,
+                          batch_size=32 if objective == "elbo" else args.fit_batch_size)
         if label == DEFENSIVE:
             timed_fit("defensive guide fit",
                       seconds=(args.defensive_minutes or args.guide_minutes) * 60,
@@ -296,7 +305,11 @@ def main(argv=None):
     body = (f"{r0['model']} run `{args.run}` on {r0['task']}: {r0['quantity']} on {r0['examples']} "
             f"{r0['split']} (input, completion) pairs (seeded subset), K = {args.particles} guide "
             f"particles; IWAE_{args.big_particles} on the first {args.big_limit} of them. "
-            f"The fitted guide: {', then '.join(fit_text(f, args.mixer) for f in fits)}. "
+            + (f"The copied run came with a fitted guide (its last fit: "
+               f"{came_with.get('objective', 'elbo')}, {came_with['steps']} steps, held-out {fit_bound(came_with)} "
+               f"{came_with['heldout_after']:.3f}), which the fits below go on from. "
+               if came_with else "")
+            + f"The fitted guide: {', then '.join(fit_text(f, args.mixer) for f in fits)}. "
             "± is the standard error over pairs; IWAE_k for k < K averages the K // k disjoint "
             "groups of k particles; SMC resamples over the supervision steps with the guide as "
             "proposal (`gram_pyro.likelihood.smc_log_likelihood`); k-hat is the Pareto tail index "
