@@ -123,8 +123,10 @@ def pooled_share(khats: list[list[float]]) -> tuple[float, list[float]]:
 def draws_text(draws: list[dict], top: int) -> str:
     """The last guide measured again on other particles: each draw's gap, creep and k-hat share."""
     share, shares = pooled_share([r["khat"] for r in draws])
-    cells = [f"seed {i}: gap {g:.2f}, creep {c:.2f}, k-hat <= 0.7 on {100 * s:.0f}%"
-             for i, (r, s) in enumerate(zip(draws, shares)) for g, c in [gap_and_creep(r, top)]]
+    cells = []
+    for seed, (r, s) in enumerate(zip(draws, shares)):
+        gap, creep = gap_and_creep(r, top)
+        cells.append(f"seed {seed}: gap {gap:.2f}, creep {creep:.2f}, k-hat <= 0.7 on {100 * s:.0f}%")
     n = sum(int(np.sum(~np.isnan(np.asarray(r["khat"], dtype=float)))) for r in draws)
     return (f"\n\nThe last guide on {len(draws)} independent draws of K = {draws[0]['particles']} "
             f"particles (`gram loglik --seed S`, the same pairs): " + "; ".join(cells)
@@ -306,8 +308,9 @@ def main(argv=None):
             f"{r0['split']} (input, completion) pairs (seeded subset), K = {args.particles} guide "
             f"particles; IWAE_{args.big_particles} on the first {args.big_limit} of them. "
             + (f"The copied run came with a fitted guide (its last fit: "
-               f"{came_with.get('objective', 'elbo')}, {came_with['steps']} steps, held-out {fit_bound(came_with)} "
-               f"{came_with['heldout_after']:.3f}), which the fits below go on from. "
+               f"{came_with.get('objective', 'elbo')}, {came_with['steps']} steps, held-out "
+               f"{fit_bound(came_with)} {came_with['heldout_after']:.3f}), which the fits below "
+               "go on from. "
                if came_with else "")
             + f"The fitted guide: {', then '.join(fit_text(f, args.mixer) for f in fits)}. "
             "± is the standard error over pairs; IWAE_k for k < K averages the K // k disjoint "
@@ -323,7 +326,8 @@ def main(argv=None):
             + f"\n\nAfter the fit{f', over the {len(draws)} draws' if len(draws) > 1 else ''}: "
             f"ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
             f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "
-            f"{100 * share:.0f}% of pairs (goal >= 90%), SMC - IWAE "
+            f"{100 * share:.0f}% of {'the readings' if len(draws) > 1 else 'pairs'} (goal >= 90%), "
+            "SMC - IWAE "
             f"{after['smc_minus_iwae']:.3f} ± {after['smc_minus_iwae_sem'] or 0:.3f}. Prior rollouts "
             f"with and without the fitted guide: {'identical' if same else 'DIFFERENT'}.\n\n"
             + variance_text(results) + "\n\n" + lg_text)
