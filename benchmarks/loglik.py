@@ -107,27 +107,29 @@ def gap_and_creep(r: dict, top: int) -> tuple[float, float]:
     return by_k[top] - r["elbo_nats"], by_k[top] - by_k.get(top // 10, by_k[top])
 
 
-def pooled_share(khats: list[list[float]]) -> tuple[float, list[float]]:
+def pooled_share(khats: list[list[float]]) -> tuple[float, list[float], int]:
     """The share of (pair, draw) readings with k-hat <= 0.7 over several draws of particles on
-    the same pairs, and each draw's own share; NaN readings (too few particles) left out."""
+    the same pairs, each draw's own share, and how many readings there were; NaN readings (too
+    few particles) left out."""
     from gram_pyro.importance import KHAT_RELIABLE
 
     per_draw = [np.asarray(k, dtype=float) for k in khats]
     per_draw = [k[~np.isnan(k)] for k in per_draw]
     if not sum(len(k) for k in per_draw):
         raise ValueError("no k-hat was measured (too few particles)")
-    share = float(np.mean(np.concatenate(per_draw) <= KHAT_RELIABLE))
-    return share, [float(np.mean(k <= KHAT_RELIABLE)) if len(k) else float("nan") for k in per_draw]
+    readings = np.concatenate(per_draw)
+    shares = [float(np.mean(k <= KHAT_RELIABLE)) if len(k) else float("nan") for k in per_draw]
+    return float(np.mean(readings <= KHAT_RELIABLE)), shares, len(readings)
 
 
-def draws_text(draws: list[dict], top: int) -> str:
-    """The last guide measured again on other particles: each draw's gap, creep and k-hat share."""
-    share, shares = pooled_share([r["khat"] for r in draws])
+def draws_text(draws: list[dict], top: int, pooled: tuple[float, list[float], int]) -> str:
+    """The last guide measured again on other particles: each draw's gap, creep and k-hat share
+    (``pooled``: :func:`pooled_share` of the draws)."""
+    share, shares, n = pooled
     cells = []
     for seed, (r, s) in enumerate(zip(draws, shares)):
         gap, creep = gap_and_creep(r, top)
         cells.append(f"seed {seed}: gap {gap:.2f}, creep {creep:.2f}, k-hat <= 0.7 on {100 * s:.0f}%")
-    n = sum(int(np.sum(~np.isnan(np.asarray(r["khat"], dtype=float)))) for r in draws)
     return (f"\n\nThe last guide on {len(draws)} independent draws of K = {draws[0]['particles']} "
             f"particles (`gram loglik --seed S`, the same pairs): " + "; ".join(cells)
             + f". Pooled, k-hat <= 0.7 on {100 * share:.1f}% of the {n} readings. One draw's share "
@@ -296,7 +298,8 @@ def main(argv=None):
     top = max(ks)
     gaps, creeps = zip(*(gap_and_creep(r, top) for r in draws))
     gap, creep = float(np.mean(gaps)), float(np.mean(creeps))
-    share, shares = pooled_share([r["khat"] for r in draws])
+    pooled = pooled_share([r["khat"] for r in draws])
+    share = pooled[0]
     smc_ok = abs(after["smc_minus_iwae"]) <= 2 * (after["smc_minus_iwae_sem"] or 0) + 1e-9
     goals = [("elbo_gap", gap, "<3", gap < 3),
              ("iwae_top_minus_tenth", creep, "<0.2", creep < 0.2),
@@ -322,7 +325,7 @@ def main(argv=None):
                f"{args.defensive:g} x the defensive one (each particle from one of them, weighed "
                "against the mixture); its ELBO is the mixture's, by Monte Carlo, and its SMC "
                "proposes from the fitted guide alone." if args.defensive else "")
-            + (draws_text(draws, top) if len(draws) > 1 else "")
+            + (draws_text(draws, top, pooled) if len(draws) > 1 else "")
             + f"\n\nAfter the fit{f', over the {len(draws)} draws' if len(draws) > 1 else ''}: "
             f"ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
             f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "

@@ -209,8 +209,9 @@ def test_the_khat_share_pools_every_reading_of_every_draw():
     finally:
         sys.path.remove(str(BENCH))
     # 3 of 4 pairs under the line in one draw, 1 of 3 measured in the other (NaN left out)
-    share, shares = pooled_share([[0.1, 0.7, 0.71, 0.2], [0.9, float("nan"), 1.5, 0.69]])
+    share, shares, readings = pooled_share([[0.1, 0.7, 0.71, 0.2], [0.9, float("nan"), 1.5, 0.69]])
     assert shares == pytest.approx([0.75, 1 / 3])
+    assert readings == 7
     assert share == pytest.approx(4 / 7)  # not the mean of the two shares (0.54)
     with pytest.raises(ValueError):
         pooled_share([[float("nan")]])
