@@ -137,6 +137,26 @@ def draws_text(draws: list[dict], top: int, pooled: tuple[float, list[float], in
             "below read the pooled share and the mean gap and creep.")
 
 
+def flagged_text(draws: list[dict]) -> str:
+    """Where the readings with k-hat > 0.7 sit: the mean IWAE of their pairs against the other
+    readings', and the pairs flagged in every draw (``gram loglik``'s ``iwae_per_example``)."""
+    from gram_pyro.importance import KHAT_RELIABLE
+
+    khat = np.array([r["khat"] for r in draws], dtype=float)  # [draws, pairs]
+    iwae = np.array([r["iwae_per_example"] for r in draws], dtype=float)
+    flagged = khat > KHAT_RELIABLE  # NaN readings count as not flagged
+    if not flagged.any():
+        return ""
+    every = np.flatnonzero(flagged.all(0))
+    return (f"\n\nWhere the flagged readings sit: their pairs' IWAE_{draws[0]['particles']} "
+            f"averages {iwae[flagged].mean():.2f} nats"
+            + (f" against {iwae[~flagged].mean():.2f} for the other readings" if (~flagged).any()
+               else "")
+            + f" ({int(flagged.sum())} of {flagged.size} readings"
+            + (f"; flagged in every draw: pairs {', '.join(map(str, every))}" if len(draws) > 1
+               and len(every) else "") + ").")
+
+
 def variance_text(results: dict) -> str:
     """Each guide's log-weight variance and its largest shares by site (`gram loglik`'s split)."""
     parts = [f"{label} {r['log_w_variance']:.2f} nats^2 ({largest_shares(r['log_w_variance_by_site'])})"
@@ -326,6 +346,7 @@ def main(argv=None):
                "against the mixture); its ELBO is the mixture's, by Monte Carlo, and its SMC "
                "proposes from the fitted guide alone." if args.defensive else "")
             + (draws_text(draws, top, pooled) if len(draws) > 1 else "")
+            + flagged_text(draws)
             + f"\n\nAfter the fit{f', over the {len(draws)} draws' if len(draws) > 1 else ''}: "
             f"ELBO gap to IWAE_{top} {gap:.3f} nats (goal < 3), IWAE_{top} - "
             f"IWAE_{top // 10} {creep:.3f} (goal < 0.2), k-hat <= 0.7 on "

@@ -323,6 +323,7 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
     variance, shares = est.variance_by_site()
     khat = np.minimum(est.khat, KHAT_CAP)  # inf (one weight dominates) is reported as the cap
     measured = khat[~np.isnan(khat)]  # NaN below KHAT_MIN_PARTICLES particles
+    flagged = khat > KHAT_RELIABLE  # False where NaN
     report = {
         "task": task.name, "unconditional": task.unconditional, "split": split, "examples": n,
         "particles": particles,
@@ -352,8 +353,15 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "iwae_seconds": iwae_seconds,
         "khat": [float(v) for v in khat],
         "khat_median": float(np.median(measured)) if len(measured) else None,
-        "khat_unreliable": [int(i) for i in np.flatnonzero(khat > KHAT_RELIABLE)],
+        "khat_unreliable": [int(i) for i in np.flatnonzero(flagged)],
         "khat_share_reliable": float(np.mean(measured <= KHAT_RELIABLE)) if len(measured) else None,
+        "iwae_per_example": [float(v) for v in est.iwae],
+        # where the flagged examples sit in likelihood: on N-Queens they are the inputs with many
+        # valid completions, whose posterior over trajectories the guide covers least
+        "khat_flagged_iwae_nats": float(est.iwae[flagged].mean()) if flagged.any() else None,
+        "khat_others_iwae_nats": float(est.iwae[~flagged].mean()) if (~flagged).any() else None,
+        # the answer is discrete, so log p(y | x) <= 0: an estimate above it is one weight's spike
+        "iwae_above_zero": [int(i) for i in np.flatnonzero(est.iwae > 0)],
         "log_w_variance": variance,
         "log_w_variance_by_site": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
         "lprm_factor": "off (the bounds are on the model without LPRM guidance)",
@@ -404,8 +412,21 @@ def format_loglik(r: dict) -> str:
         lines.append(f"  Pareto k-hat: median {r['khat_median']:.2f}; "
                      f"{100 * r['khat_share_reliable']:.0f}% of examples <= {KHAT_RELIABLE}"
                      + (f"; k-hat > {KHAT_RELIABLE} (IWAE unreliable there) on {len(bad)} of "
-                        f"{r['examples']}: examples {', '.join(map(str, bad[:12]))}"
-                        f"{' ...' if len(bad) > 12 else ''}" if bad else ""))
+                        f"{r['examples']}" if bad else ""))
+        if bad:
+            per = r["iwae_per_example"]
+            lines.append("    flagged (example: its IWAE): "
+                         + ", ".join(f"{i}: {per[i]:.2f}" for i in bad[:12])
+                         + (" ..." if len(bad) > 12 else "")
+                         + f"; IWAE {r['khat_flagged_iwae_nats']:.3f} nats on average against "
+                         + (f"{r['khat_others_iwae_nats']:.3f} on the others"
+                            if r["khat_others_iwae_nats"] is not None else "no others"))
+    if r.get("iwae_above_zero"):
+        above = r["iwae_above_zero"]
+        lines.append(f"  IWAE above 0 nats on {len(above)} of {r['examples']} (examples "
+                     f"{', '.join(map(str, above[:12]))}{' ...' if len(above) > 12 else ''}): "
+                     f"{q} <= 0 for discrete tokens, so one weight's spike has lifted the "
+                     "estimate there")
     shares = r.get("log_w_variance_by_site") or {}
     if shares:
         lines.append(f"  log-weight variance {r['log_w_variance']:.2f} nats^2 per example; its "

@@ -205,7 +205,7 @@ def test_the_chance_that_a_measurement_reads_the_khat_goal_is_the_binomial_tail(
 def test_the_khat_share_pools_every_reading_of_every_draw():
     sys.path.insert(0, str(BENCH))
     try:
-        from loglik import gap_and_creep, pooled_share
+        from loglik import flagged_text, gap_and_creep, pooled_share
     finally:
         sys.path.remove(str(BENCH))
     # 3 of 4 pairs under the line in one draw, 1 of 3 measured in the other (NaN left out)
@@ -217,3 +217,10 @@ def test_the_khat_share_pools_every_reading_of_every_draw():
         pooled_share([[float("nan")]])
     r = {"elbo_nats": -8.0, "iwae_by_k": [{"k": 100, "iwae_nats": -6.3}, {"k": 1000, "iwae_nats": -6.2}]}
     assert gap_and_creep(r, 1000) == pytest.approx((1.8, 0.1))
+    # the flagged readings' pairs against the rest: pair 1 in both draws, pair 2 in one
+    draws = [{"particles": 1000, "khat": [0.1, 0.9, 0.8], "iwae_per_example": [0.0, -3.0, -2.0]},
+             {"particles": 1000, "khat": [0.2, 1.2, 0.3], "iwae_per_example": [-0.1, -3.2, -2.2]}]
+    text = flagged_text(draws)
+    assert "IWAE_1000 averages -2.73 nats against -0.77 for the other readings" in text
+    assert "(3 of 6 readings; flagged in every draw: pairs 1)" in text
+    assert flagged_text([dict(d, khat=[0.1, 0.2, 0.3]) for d in draws]) == ""

@@ -21,7 +21,8 @@ from gram_pyro.guide_fit import fit_guide, guide_parameters, iwae_dreg_loss, wak
 from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, log_mean_exp, pareto_khat, weighted_traces
 from gram_pyro.inference import prior_rollouts
-from gram_pyro.likelihood import estimate, log_weights, run_loglik, smc_log_likelihood
+from gram_pyro.likelihood import estimate, format_loglik, log_weights, run_loglik, \
+    smc_log_likelihood
 from gram_pyro.models.gram import plates
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.schedule import warmed_decay
@@ -184,6 +185,20 @@ def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
     assert r["guide"].startswith("fitted for likelihood")
     assert len(r["khat"]) == 3 and r["khat_median"] is not None
     assert set(r["khat_unreliable"]) == {i for i, k in enumerate(r["khat"]) if k > KHAT_RELIABLE}
+    per = r["iwae_per_example"]  # each example's IWAE, and where the flagged ones sit among them
+    assert len(per) == 3 and np.mean(per) == pytest.approx(r["iwae_nats"], abs=1e-5)
+    flagged = r["khat_unreliable"]
+    others = [v for i, v in enumerate(per) if i not in flagged]
+    assert r["khat_flagged_iwae_nats"] == (pytest.approx(np.mean([per[i] for i in flagged]))
+                                           if flagged else None)
+    assert r["khat_others_iwae_nats"] == (pytest.approx(np.mean(others)) if others else None)
+    shown = dict(r, khat_unreliable=[1], khat_flagged_iwae_nats=per[1],
+                 khat_others_iwae_nats=(per[0] + per[2]) / 2)  # as if example 1 were flagged
+    assert f"flagged (example: its IWAE): 1: {per[1]:.2f}; IWAE {per[1]:.3f} nats on average " \
+           f"against {(per[0] + per[2]) / 2:.3f} on the others" in format_loglik(shown)
+    assert r["iwae_above_zero"] == [i for i, v in enumerate(per) if v > 0]
+    shown["iwae_above_zero"] = [2]
+    assert "IWAE above 0 nats on 1 of 3 (examples 2): log p(y | x) <= 0" in format_loglik(shown)
     assert math.isfinite(r["smc_nats"]) and r["smc_nats"] <= 0
     # the split of the log-weight variance names every site of the program, largest first
     shares = r["log_w_variance_by_site"]
