@@ -139,8 +139,10 @@ def draws_text(draws: list[dict], top: int, pooled: tuple[float, list[float], in
 
 def flagged_text(draws: list[dict]) -> str:
     """Where the readings with k-hat > 0.7 sit: the mean IWAE of their pairs against the other
-    readings', and the pairs flagged in every draw (``gram loglik``'s ``iwae_per_example``)."""
+    readings', the pairs flagged in every draw (``gram loglik``'s ``iwae_per_example``), and the
+    pooled share by the number of valid completions of a pair's input (conditional tasks)."""
     from gram_pyro.importance import KHAT_RELIABLE
+    from gram_pyro.likelihood import khat_by_completions
 
     khat = np.array([r["khat"] for r in draws], dtype=float)  # [draws, pairs]
     iwae = np.array([r["iwae_per_example"] for r in draws], dtype=float)
@@ -148,13 +150,18 @@ def flagged_text(draws: list[dict]) -> str:
     if not flagged.any():
         return ""
     every = np.flatnonzero(flagged.all(0))
+    answers = draws[0].get("completions_per_example")
+    groups = khat_by_completions(khat.ravel(), np.tile(answers, len(draws))) if answers else []
     return (f"\n\nWhere the flagged readings sit: their pairs' IWAE_{draws[0]['particles']} "
             f"averages {iwae[flagged].mean():.2f} nats"
             + (f" against {iwae[~flagged].mean():.2f} for the other readings" if (~flagged).any()
                else "")
             + f" ({int(flagged.sum())} of {flagged.size} readings"
             + (f"; flagged in every draw: pairs {', '.join(map(str, every))}" if len(draws) > 1
-               and len(every) else "") + ").")
+               and len(every) else "") + ")."
+            + (" Readings with k-hat <= 0.7 by the number of valid completions of the pair's "
+               "input: " + ", ".join(f"{label}: {ok} of {n} ({100 * ok / n:.0f}%)"
+                                     for label, ok, n in groups) + "." if len(groups) > 1 else ""))
 
 
 def variance_text(results: dict) -> str:

@@ -298,10 +298,12 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
                                  guide_entry=DEFENSIVE_ENTRY)
         shield = net_def.guide_fit
         mixture = (programs(net_def, cfg)[1], float(defensive_weight))
-    x, y = run_data(task, cfg).split(split, nonempty=True).pairs()
+    pairs = run_data(task, cfg).split(split, nonempty=True)
+    x, y = pairs.pairs()
+    answers = np.repeat(pairs.num_completions, pairs.num_completions)  # of each pair's input
     if limit and limit < len(x):
         keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
-        x, y = x[keep], y[keep]
+        x, y, answers = x[keep], y[keep], answers[keep]
     model, guide = programs(net, cfg)
     pyro.set_rng_seed(seed)
     x, y = (torch.as_tensor(a, device=model.device) for a in (x, y))
@@ -360,6 +362,12 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         # valid completions, whose posterior over trajectories the guide covers least
         "khat_flagged_iwae_nats": float(est.iwae[flagged].mean()) if flagged.any() else None,
         "khat_others_iwae_nats": float(est.iwae[~flagged].mean()) if (~flagged).any() else None,
+        # how many valid completions each example's input has (None for p(x)), and the k-hat
+        # share at each number of them: on N-Queens the guide fails the inputs with many
+        "completions_per_example": None if task.unconditional else [int(c) for c in answers],
+        "khat_by_completions": None if task.unconditional else
+            [{"completions": label, "reliable": ok, "examples": total}
+             for label, ok, total in khat_by_completions(khat, answers)],
         # the answer is discrete, so log p(y | x) <= 0: an estimate above it is one weight's spike
         "iwae_above_zero": [int(i) for i in np.flatnonzero(est.iwae > 0)],
         "log_w_variance": variance,
@@ -376,6 +384,28 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
                       smc_minus_iwae=float(np.mean(v - est.iwae)),
                       smc_minus_iwae_sem=sem(v - est.iwae))
     return report
+
+
+def khat_by_completions(khat, completions) -> list[tuple[str, int, int]]:
+    """``(label, reliable, examples)`` per group of examples whose inputs have 1, 2-3, 4-7, 8-15,
+    ... valid completions (powers of two; groups without examples left out): how many of them
+    have k-hat <= 0.7, of how many measured. ``khat`` and ``completions`` run over the same
+    examples (they may be several draws' readings, concatenated); NaN readings are left out."""
+    khat, completions = np.asarray(khat, dtype=float), np.asarray(completions)
+    measured = ~np.isnan(khat)
+    khat, completions = khat[measured], completions[measured]
+    if not len(khat):
+        return []
+    groups = []
+    low = 1
+    while low <= completions.max():
+        high = 2 * low - 1
+        inside = (completions >= low) & (completions <= high)
+        if inside.any():
+            groups.append((str(low) if low == high else f"{low}-{high}",
+                           int((khat[inside] <= KHAT_RELIABLE).sum()), int(inside.sum())))
+        low *= 2
+    return groups
 
 
 def _pm(se) -> str:
@@ -414,13 +444,21 @@ def format_loglik(r: dict) -> str:
                      + (f"; k-hat > {KHAT_RELIABLE} (IWAE unreliable there) on {len(bad)} of "
                         f"{r['examples']}" if bad else ""))
         if bad:
-            per = r["iwae_per_example"]
-            lines.append("    flagged (example: its IWAE): "
-                         + ", ".join(f"{i}: {per[i]:.2f}" for i in bad[:12])
+            per, answers = r["iwae_per_example"], r.get("completions_per_example")
+            lines.append("    flagged examples (their IWAE" + (", their inputs' number of valid "
+                                                              "completions" if answers else "")
+                         + "): " + ", ".join(f"{i} ({per[i]:.2f}"
+                                             + (f", {answers[i]})" if answers else ")")
+                                             for i in bad[:12])
                          + (" ..." if len(bad) > 12 else "")
                          + f"; IWAE {r['khat_flagged_iwae_nats']:.3f} nats on average against "
                          + (f"{r['khat_others_iwae_nats']:.3f} on the others"
                             if r["khat_others_iwae_nats"] is not None else "no others"))
+        groups = r.get("khat_by_completions") or []
+        if len(groups) > 1:
+            lines.append("    k-hat <= 0.7 by the input's number of valid completions: "
+                         + ", ".join(f"{g['completions']}: {g['reliable']} of {g['examples']}"
+                                     for g in groups))
     if r.get("iwae_above_zero"):
         above = r["iwae_above_zero"]
         lines.append(f"  IWAE above 0 nats on {len(above)} of {r['examples']} (examples "

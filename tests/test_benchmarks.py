@@ -224,3 +224,6 @@ def test_the_khat_share_pools_every_reading_of_every_draw():
     assert "IWAE_1000 averages -2.73 nats against -0.77 for the other readings" in text
     assert "(3 of 6 readings; flagged in every draw: pairs 1)" in text
     assert flagged_text([dict(d, khat=[0.1, 0.2, 0.3]) for d in draws]) == ""
+    answered = [dict(d, completions_per_example=[1, 18, 3]) for d in draws]
+    assert ("by the number of valid completions of the pair's input: 1: 2 of 2 (100%), 2-3: 1 of 2 "
+            "(50%), 16-31: 0 of 2 (0%).") in flagged_text(answered)

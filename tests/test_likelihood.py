@@ -21,8 +21,8 @@ from gram_pyro.guide_fit import fit_guide, guide_parameters, iwae_dreg_loss, wak
 from gram_pyro.guide_fit import refit_run as refit_guide
 from gram_pyro.importance import KHAT_RELIABLE, log_mean_exp, pareto_khat, weighted_traces
 from gram_pyro.inference import prior_rollouts
-from gram_pyro.likelihood import estimate, format_loglik, log_weights, run_loglik, \
-    smc_log_likelihood
+from gram_pyro.likelihood import estimate, format_loglik, khat_by_completions, log_weights, \
+    run_loglik, smc_log_likelihood
 from gram_pyro.models.gram import plates
 from gram_pyro.recursion import SharedRecursion
 from gram_pyro.schedule import warmed_decay
@@ -178,6 +178,14 @@ def test_fit_guide_improves_the_heldout_elbo_and_leaves_the_model_alone(trained)
     assert np.array_equal(answers[0], answers[1])
 
 
+def test_the_khat_share_is_split_by_how_many_completions_an_input_has():
+    khat = [0.1, 0.9, 0.2, 0.8, 0.75, float("nan"), 0.3]
+    answers = [1, 18, 2, 3, 16, 1, 9]
+    assert khat_by_completions(khat, answers) == [("1", 1, 1), ("2-3", 1, 2), ("8-15", 1, 1),
+                                                  ("16-31", 0, 2)]
+    assert khat_by_completions([float("nan")], [1]) == []
+
+
 def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
     refit_guide(trained, steps=5, batch_size=16)
     assert main(["loglik", str(trained), "--particles", "60", "--limit", "3", "--json"]) == 0
@@ -194,9 +202,19 @@ def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
     assert r["khat_others_iwae_nats"] == (pytest.approx(np.mean(others)) if others else None)
     shown = dict(r, khat_unreliable=[1], khat_flagged_iwae_nats=per[1],
                  khat_others_iwae_nats=(per[0] + per[2]) / 2)  # as if example 1 were flagged
-    assert f"flagged (example: its IWAE): 1: {per[1]:.2f}; IWAE {per[1]:.3f} nats on average " \
-           f"against {(per[0] + per[2]) / 2:.3f} on the others" in format_loglik(shown)
+    shown["completions_per_example"] = [1, 18, 2]
+    shown["khat_by_completions"] = [{"completions": c, "reliable": ok, "examples": n} for c, ok, n
+                                    in khat_by_completions([0.1, 0.9, 0.2], [1, 18, 2])]
+    text = format_loglik(shown)
+    assert f"flagged examples (their IWAE, their inputs' number of valid completions): 1 " \
+           f"({per[1]:.2f}, 18); IWAE {per[1]:.3f} nats on average against " \
+           f"{(per[0] + per[2]) / 2:.3f} on the others" in text
+    assert "k-hat <= 0.7 by the input's number of valid completions: 1: 1 of 1, 2-3: 1 of 1, " \
+           "16-31: 0 of 1" in text
     assert r["iwae_above_zero"] == [i for i, v in enumerate(per) if v > 0]
+    answers = r["completions_per_example"]  # the tiny task's inputs each have their count
+    assert len(answers) == 3 and min(answers) >= 1
+    assert sum(g["examples"] for g in r["khat_by_completions"]) == 3
     shown["iwae_above_zero"] = [2]
     assert "IWAE above 0 nats on 1 of 3 (examples 2): log p(y | x) <= 0" in format_loglik(shown)
     assert math.isfinite(r["smc_nats"]) and r["smc_nats"] <= 0
