@@ -362,8 +362,9 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         # valid completions, whose posterior over trajectories the guide covers least
         "khat_flagged_iwae_nats": float(est.iwae[flagged].mean()) if flagged.any() else None,
         "khat_others_iwae_nats": float(est.iwae[~flagged].mean()) if (~flagged).any() else None,
-        # how many valid completions each example's input has (None for p(x)), and the k-hat
-        # share at each number of them: on N-Queens the guide fails the inputs with many
+        # how many completions the split lists for each example's input (every valid one on the
+        # generated tasks; None for p(x)), and the k-hat share at each number of them: on
+        # N-Queens the guide fails the inputs with many
         "completions_per_example": None if task.unconditional else [int(c) for c in answers],
         "khat_by_completions": None if task.unconditional else
             [{"completions": label, "reliable": ok, "examples": total}
