@@ -369,7 +369,8 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "khat_by_completions": None if task.unconditional else
             [{"completions": label, "reliable": ok, "examples": total}
              for label, ok, total in khat_by_completions(khat, answers)],
-        # the answer is discrete, so log p(y | x) <= 0: an estimate above it is one weight's spike
+        # the answer is discrete, so log p(y | x) <= 0: an estimate above 0 is too high by at least
+        # its own value (the noise of an estimate near 0, or one weight's spike when far above)
         "iwae_above_zero": [int(i) for i in np.flatnonzero(est.iwae > 0)],
         "log_w_variance": variance,
         "log_w_variance_by_site": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
@@ -462,10 +463,11 @@ def format_loglik(r: dict) -> str:
                                      for g in groups))
     if r.get("iwae_above_zero"):
         above = r["iwae_above_zero"]
+        top = max(r["iwae_per_example"][i] for i in above)
         lines.append(f"  IWAE above 0 nats on {len(above)} of {r['examples']} (examples "
-                     f"{', '.join(map(str, above[:12]))}{' ...' if len(above) > 12 else ''}): "
-                     f"{q} <= 0 for discrete tokens, so one weight's spike has lifted the "
-                     "estimate there")
+                     f"{', '.join(map(str, above[:12]))}{' ...' if len(above) > 12 else ''}; "
+                     f"the largest {top:+.3f}): {q} <= 0 for discrete tokens, so each of these "
+                     "estimates is too high by at least its own value")
     shares = r.get("log_w_variance_by_site") or {}
     if shares:
         lines.append(f"  log-weight variance {r['log_w_variance']:.2f} nats^2 per example; its "

@@ -215,8 +215,10 @@ def test_loglik_reports_khat_smc_and_the_guide_it_used(trained, capsys):
     answers = r["completions_per_example"]  # the tiny task's inputs each have their count
     assert len(answers) == 3 and min(answers) >= 1
     assert sum(g["examples"] for g in r["khat_by_completions"]) == 3
-    shown["iwae_above_zero"] = [2]
-    assert "IWAE above 0 nats on 1 of 3 (examples 2): log p(y | x) <= 0" in format_loglik(shown)
+    shown["iwae_above_zero"], shown["iwae_per_example"] = [0, 2], [0.25, per[1], 1.5]
+    assert "IWAE above 0 nats on 2 of 3 (examples 0, 2; the largest +1.500): log p(y | x) <= 0 " \
+           "for discrete tokens, so each of these estimates is too high by at least its own " \
+           "value" in format_loglik(shown)
     assert math.isfinite(r["smc_nats"]) and r["smc_nats"] <= 0
     # the split of the log-weight variance names every site of the program, largest first
     shares = r["log_w_variance_by_site"]
