@@ -273,7 +273,8 @@ def add_subcommands(sub) -> None:
                         "--batch-size pairs times this many trajectories)")
     p.add_argument("--defensive", action="store_true",
                    help="fit a defensive guide instead, from the fitted one (run the plain fit "
-                        "first) and with a covering objective (e.g. --objective iwae "
+                        "first; a second --defensive fit goes on from the first) and with a "
+                        "covering objective (e.g. --objective iwae "
                         "--particles 4), stored beside it: `gram loglik` then proposes from the "
                         "mixture (1 - A) x the fitted guide + A x the defensive one "
                         "(its --defensive-weight A), whose weights' tail is bounded by the "

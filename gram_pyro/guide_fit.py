@@ -281,14 +281,16 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     """Fit a guide for likelihood on a trained run (``gram fit-guide``) and store it.
 
     Starts from the run's EMA weights with its current fitted guide if it has one (so a second
-    call goes on from the first), fits on the training pairs, and writes the fitted parameters
+    call goes on from the first; the report's ``steps_in_all`` counts every call's steps), fits
+    on the training pairs, and writes the fitted parameters
     to the checkpoint's ``guide_fit`` entry (atomically, holding the run folder's lock) and the
     report to ``guide.json``. The training state, the EMA weights and the critic are untouched.
     ``mixer``: give q a :class:`~gram_pyro.nets.GuideMixer` (kept by a later refit either way).
     ``objective``, ``particles``: what q is fitted to (:func:`fit_guide`).
 
-    ``defensive`` fits the defensive guide instead: it starts from the fitted guide (which the
-    run must have), and goes to the ``guide_defensive`` entry and ``guide_defensive.json``,
+    ``defensive`` fits the defensive guide instead: it starts from the stored defensive guide
+    if there is one (going on from it, as the plain fit does) and else from the fitted guide
+    (which the run must have), and goes to the ``guide_defensive`` entry and ``guide_defensive.json``,
     leaving ``guide_fit`` as it was; ``gram loglik`` then proposes from ``(1 - a) q_fit + a
     q_def`` (the module docstring). Use a covering objective for it
     (``iwae`` or ``rws``): an ELBO fit would only repeat the first."""
@@ -296,13 +298,17 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
     load_checkpoint(run_dir)  # a missing or bad run says so before anything is locked
     with RunLock(run_dir, "gram fit-guide"):
         ckpt = load_checkpoint(run_dir)
-        task, cfg, net = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt)
+        target = DEFENSIVE_ENTRY if defensive else "guide_fit"  # the entry this fit writes
+        again = ckpt.get(target) is not None  # then it goes on from it, else from the fitted guide
+        task, cfg, net = load_run(run_dir, device=device, guide_fit=True, ckpt=ckpt,
+                                  guide_entry=target if again else "guide_fit")
         if cfg.deterministic or cfg.model == "ar":
             raise UserError(f"{str(run_dir)!r} is the {model_label(cfg)}: it has no latent "
                             "noise, so its likelihood is exact and needs no guide")
-        if defensive and getattr(net, "guide_fit", None) is None:
+        if defensive and (ckpt.get("guide_fit") is None or getattr(net, "guide_fit", None) is None):
             raise UserError(f"{str(run_dir)!r} has no fitted guide for the defensive one to go on "
                             f"from and be mixed with; run `gram fit-guide {run_dir}` first")
+        before = getattr(net, "guide_fit", None) if again else None  # the fit gone on from
         if mixer:
             net.add_guide_mixer()
         model, guide = programs(net, cfg)
@@ -312,19 +318,24 @@ def refit_run(run_dir, *, steps: int = 400, seconds: float | None = None, batch_
                            progress=progress)
         weights = {k: p.detach().cpu().clone() for k, p in guide_parameters(net).items()}
         report["step"] = int(ckpt.get("step", 0))
+        report["steps_in_all"] = report["steps"] + (steps_in_all(before) if before else 0)
         report["mixer"] = net.guide_mixer is not None
         report["defensive"] = defensive
-        if not defensive:
-            store_fit(run_dir, ckpt, "guide_fit", weights, report, GUIDE_REPORT, "guide")
-        else:
-            store_fit(run_dir, ckpt, DEFENSIVE_ENTRY, weights, report, DEFENSIVE_REPORT,
-                      "defensive guide")
+        store_fit(run_dir, ckpt, target, weights, report,
+                  DEFENSIVE_REPORT if defensive else GUIDE_REPORT,
+                  "defensive guide" if defensive else "guide")
     return report
 
 
 def fit_bound(r: dict) -> str:
     """The held-out bound a fit report's figures are (reports before ``rws`` existed: the ELBO)."""
     return r.get("bound", "full ELBO")
+
+
+def steps_in_all(r: dict) -> int:
+    """The optimizer steps of a stored fit, over every ``gram fit-guide`` call that went on
+    from the one before (reports from before the count existed: their own steps)."""
+    return int(r.get("steps_in_all", r["steps"]))
 
 
 def fit_method(r: dict) -> str:
@@ -337,8 +348,10 @@ def fit_method(r: dict) -> str:
 def format_report(r: dict) -> str:
     defensive = r.get("defensive", False)
     return (("defensive " if defensive else "") + f"guide fitted on {r['pairs'] - r['heldout_pairs']} "
-            f"training pairs for {r['steps']} "
-            f"steps (batch {r['batch_size']}, lr {r['lr']:g}{fit_method(r)}) in "
+            f"training pairs for {r['steps']} steps"
+            + (f" ({steps_in_all(r)} in all, going on from the last fit)"
+               if steps_in_all(r) > r['steps'] else "")
+            + f" (batch {r['batch_size']}, lr {r['lr']:g}{fit_method(r)}) in "
             f"{r['seconds']:.0f} s; "
             f"held-out {fit_bound(r)} on {r['heldout_pairs']} pairs: {r['heldout_before']:.3f} -> "
             f"{r['heldout_after']:.3f} nats per pair. `gram loglik` now "

@@ -52,7 +52,7 @@ from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.errors import UserError
 from gram_pyro.guide_fit import DEFENSIVE_ENTRY, DEFENSIVE_WEIGHT, fit_bound, fit_method, \
-    replayed_log_q
+    replayed_log_q, steps_in_all
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, TRAJECTORIES_PER_PASS, ess, \
     log_mean_exp, pareto_khat, site_log_prob_sum, site_log_ratios, weighted_traces
 from gram_pyro.recursion import SharedRecursion
@@ -332,14 +332,14 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "quantity": "log p(x)" if task.unconditional else "log p(y | x)",
         "model": model_label(cfg),
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
-                 (f"fitted for likelihood (gram fit-guide, {fit['steps']} steps"
+                 (f"fitted for likelihood (gram fit-guide, {steps_in_all(fit)} steps"
                   + (", with a mixer" if fit.get("mixer") else "")
                   + fit_method(fit) + f", held-out {fit_bound(fit)} "
                   f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),
         "defensive_guide": None if shield is None else
-            (f"mixed in with weight {mixture[1]:g} (`gram fit-guide --defensive`, {shield['steps']} "
+            (f"mixed in with weight {mixture[1]:g} (`gram fit-guide --defensive`, {steps_in_all(shield)} "
              f"steps{fit_method(shield)}, held-out {fit_bound(shield)} "
              f"{shield['heldout_before']:.3f} -> {shield['heldout_after']:.3f} nats): IWAE "
              f"proposes from {1 - mixture[1]:g} x the fitted guide + {mixture[1]:g} x it; the "

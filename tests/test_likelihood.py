@@ -533,6 +533,29 @@ def test_fit_guide_defensive_stores_a_second_guide_and_loglik_mixes_it_in(traine
     assert np.array_equal(plain, prior_rollouts(model, task.build(seed=0).test.inputs[:6], 4).answers)
 
 
+def test_a_second_defensive_fit_goes_on_from_the_first_and_counts_its_steps(trained, capsys):
+    """The defensive fit, like the plain one, starts from what it stored last: its held-out
+    bound starts where the last fit's ended (the same held-out pairs and particles), the fitted
+    guide is left alone, and the steps are counted over both calls."""
+    refit_guide(trained, steps=3, batch_size=8)
+    first = refit_guide(trained, steps=4, batch_size=4, objective="rws", particles=4,
+                        defensive=True)
+    fitted = load_checkpoint(trained)["guide_fit"]["weights"]
+    assert main(["fit-guide", str(trained), "--objective", "rws", "--particles", "4",
+                 "--batch-size", "4", "--steps", "2", "--defensive", "--quiet", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["heldout_before"] == pytest.approx(first["heldout_after"], abs=1e-5)
+    assert (second["steps"], second["steps_in_all"]) == (2, first["steps_in_all"] + 2)
+    assert "in all, going on from the last fit" in format_guide_report(second)
+    after = load_checkpoint(trained)["guide_fit"]["weights"]
+    assert all(torch.equal(fitted[k], after[k]) for k in fitted)
+    r = run_loglik(trained, particles=4, limit=1, smc=False, defensive_weight=0.5)
+    assert f"--defensive`, {second['steps_in_all']} steps" in r["defensive_guide"]
+    plain = refit_guide(trained, steps=2, batch_size=8)  # the plain fit counts its own calls
+    assert plain["steps_in_all"] == json.loads((trained / "guide.json").read_text())["steps_in_all"]
+    assert plain["steps_in_all"] >= 3 + 2
+
+
 def test_a_defensive_fit_needs_a_fitted_guide_and_a_weight_in_the_unit_interval(tmp_path, capsys):
     out = tmp_path / "run"
     Trainer(tiny_config(extra=["steps=2", "critic_fit_steps=0"]), out, progress=False).fit()
