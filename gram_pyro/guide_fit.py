@@ -338,6 +338,13 @@ def steps_in_all(r: dict) -> int:
     return int(r.get("steps_in_all", r["steps"]))
 
 
+def fit_heldout(r: dict) -> str:
+    """``"held-out <bound> a -> b nats"`` of a stored fit, saying when a and b span only its last
+    call's steps (a fit that went on from an earlier one)."""
+    last = f" over the last {r['steps']}" if steps_in_all(r) > r["steps"] else ""
+    return f"held-out {fit_bound(r)} {r['heldout_before']:.3f} -> {r['heldout_after']:.3f} nats{last}"
+
+
 def fit_method(r: dict) -> str:
     """``", rws with K particles"`` (or iwae) for a multi-particle fit's report, else nothing
     (the ELBO fit)."""

@@ -51,7 +51,7 @@ from gram_pyro.build import model_label, programs, resolve_device, run_data
 from gram_pyro.checkpoint import load_checkpoint, load_run
 from gram_pyro.elbo import GramELBO, guided_traces
 from gram_pyro.errors import UserError
-from gram_pyro.guide_fit import DEFENSIVE_ENTRY, DEFENSIVE_WEIGHT, fit_bound, fit_method, \
+from gram_pyro.guide_fit import DEFENSIVE_ENTRY, DEFENSIVE_WEIGHT, fit_heldout, fit_method, \
     replayed_log_q, steps_in_all
 from gram_pyro.importance import KHAT_MIN_PARTICLES, KHAT_RELIABLE, TRAJECTORIES_PER_PASS, ess, \
     log_mean_exp, pareto_khat, site_log_prob_sum, site_log_ratios, weighted_traces
@@ -334,14 +334,12 @@ def run_loglik(run_dir, *, particles: int = 100, split: str = "test", limit: int
         "guide": "none (the AR baseline has no latent variable: log p(y | x) is exact)" if ar else
                  (f"fitted for likelihood (gram fit-guide, {steps_in_all(fit)} steps"
                   + (", with a mixer" if fit.get("mixer") else "")
-                  + fit_method(fit) + f", held-out {fit_bound(fit)} "
-                  f"{fit['heldout_before']:.3f} -> {fit['heldout_after']:.3f} nats)") if fit else
+                  + fit_method(fit) + f", {fit_heldout(fit)})") if fit else
                  "the training guide" + ("" if cfg.deterministic else
                                          " (`gram fit-guide RUN` fits one for likelihood)"),
         "defensive_guide": None if shield is None else
             (f"mixed in with weight {mixture[1]:g} (`gram fit-guide --defensive`, {steps_in_all(shield)} "
-             f"steps{fit_method(shield)}, held-out {fit_bound(shield)} "
-             f"{shield['heldout_before']:.3f} -> {shield['heldout_after']:.3f} nats): IWAE "
+             f"steps{fit_method(shield)}, {fit_heldout(shield)}): IWAE "
              f"proposes from {1 - mixture[1]:g} x the fitted guide + {mixture[1]:g} x it; the "
              "ELBO is the mixture's, by Monte Carlo; SMC proposes from the fitted guide alone"),
         "defensive_weight": None if mixture is None else mixture[1],

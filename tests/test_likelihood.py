@@ -551,6 +551,7 @@ def test_a_second_defensive_fit_goes_on_from_the_first_and_counts_its_steps(trai
     assert all(torch.equal(fitted[k], after[k]) for k in fitted)
     r = run_loglik(trained, particles=4, limit=1, smc=False, defensive_weight=0.5)
     assert f"--defensive`, {second['steps_in_all']} steps" in r["defensive_guide"]
+    assert f"nats over the last {second['steps']})" in r["defensive_guide"]
     plain = refit_guide(trained, steps=2, batch_size=8)  # the plain fit counts its own calls
     assert plain["steps_in_all"] == json.loads((trained / "guide.json").read_text())["steps_in_all"]
     assert plain["steps_in_all"] >= 3 + 2
